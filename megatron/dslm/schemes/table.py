@@ -1,0 +1,110 @@
+"""The contract between init schemes, the theory predictor and the model-init code.
+
+A scheme is a function ``ModelArch -> InitTable``. The predictor (``megatron.dslm.theory.predictor``) reads
+an ``InitTable`` to predict moments; ``megatron.dslm.weight_init.apply_init_table`` reads the *same* table to
+initialise a megatron-core model; ``megatron.dslm.specs`` reads its residual λ/β. No scheme's σ lives in two
+places.
+
+Conventions: every value is an absolute standard deviation (``*_std``), never a gain; biases start at 0 and
+LayerNorm at (γ=1, β=0) for every scheme; ``layer_number`` is 1-based and global.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Optional, Tuple
+
+
+@dataclass(frozen=True)
+class ModelArch:
+    """What a scheme and the predictor need to know about a GPT or BERT model (no parallel layout)."""
+
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    seq_length: int
+    vocab_size: int = 30522
+    ffn_hidden_size: Optional[int] = None  # None -> 4 * hidden_size
+    kv_channels: Optional[int] = None  # None -> hidden_size // num_attention_heads
+    model_type: str = "gpt"  # "gpt" | "bert"
+    num_tokentypes: int = 0  # 2 for BERT
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    post_ln: bool = False
+    activation: str = "gelu"  # "gelu" | "relu"
+    # Token correlation r0 of the summed embedding output *before* dropout. The reference hard-codes 0.221;
+    # measure it on your corpus with `python -m megatron.dslm.estimate_corr` (theory.md, "Embeddings").
+    embedding_corr: float = 0.221
+    # Residual scaling: beta^2 = dslm_k / N unless residual_beta_sq is given explicitly.
+    dslm_k: float = 1.0
+    residual_lambda_sq: Optional[float] = None
+    residual_beta_sq: Optional[float] = None
+    allow_unnormalized_residual: bool = False
+    init_method_std: float = 0.02  # megatron scheme's sigma
+
+    @property
+    def ffn_size(self) -> int:
+        return self.ffn_hidden_size or 4 * self.hidden_size
+
+    @property
+    def head_dim(self) -> int:
+        return self.kv_channels or self.hidden_size // self.num_attention_heads
+
+    @property
+    def num_embedding_tables(self) -> int:
+        """word + position (+ token type for BERT)."""
+        return 2 + (1 if self.num_tokentypes > 0 else 0)
+
+
+@dataclass(frozen=True)
+class LayerInit:
+    """Per-layer stds and residual scalars; the sub-layer output is ``lambda_ * x + beta * F(x)``.
+
+    For Post-LN the merge is followed by a LayerNorm: ``LN(lambda_ * x + beta * F(x))``.
+    ``attn_*`` and ``mlp_*`` residual scalars are separate because schemes (DeepNet, DSInit) may differ.
+    """
+
+    layer_number: int
+    query_std: float
+    key_std: float
+    value_std: float
+    attn_proj_std: float  # attention output projection (linear_proj)
+    fc1_std: float
+    fc2_std: float
+    attn_lambda: float = 1.0
+    attn_beta: float = 1.0
+    mlp_lambda: float = 1.0
+    mlp_beta: float = 1.0
+
+
+@dataclass(frozen=True)
+class InitTable:
+    """Everything a scheme decides. ``layers[i].layer_number == i + 1``."""
+
+    scheme: str
+    word_embedding_std: float
+    position_embedding_std: float
+    tokentype_embedding_std: float
+    layers: Tuple[LayerInit, ...]
+    pooler_std: float  # BERT pooler dense
+    lm_head_dense_std: float  # BERT LM-head transform dense
+    binary_head_std: float  # BERT NSP/SOP head (and task classification heads)
+    # The final hidden state is multiplied by this before the tied-embedding logits (DSLM: 1/sqrt(sigma_e^2 d)).
+    lm_logit_scale: float = 1.0
+    # Post-LN only: LayerNorm on the embedding output (original BERT); Pre-LN models never use it.
+    embedding_layernorm: bool = False
+    notes: Tuple[str, ...] = field(default_factory=tuple)
+
+    def layer(self, layer_number: int) -> LayerInit:
+        return self.layers[layer_number - 1]
+
+    def with_layers(self, layers) -> "InitTable":
+        return replace(self, layers=tuple(layers))
+
+    @property
+    def is_identity_residual(self) -> bool:
+        """True when every merge is the stock ``x + F(x)`` (so the stock megatron-core layer can be used)."""
+        return all(
+            l.attn_lambda == 1.0 and l.attn_beta == 1.0 and l.mlp_lambda == 1.0 and l.mlp_beta == 1.0
+            for l in self.layers
+        )

@@ -1,0 +1,116 @@
+"""CPU compatibility for megatron-core (gloo backend): the only place this project patches torch or megatron.
+
+megatron-core 0.16 assumes CUDA: it allocates on ``torch.cuda.current_device()``, seeds and forks CUDA RNG
+states, synchronises CUDA streams, and asserts ``torch.cuda.*Tensor`` type names in the optimizer. On a
+machine without a GPU we redirect exactly those touch points to the CPU so that the *real* engine (its
+tensor/pipeline-parallel layers, schedules, DDP, optimizer and dist_checkpointing) runs under gloo. That is
+what our tests and laptop debugging use; with CUDA present :func:`enable_cpu_mode` is never called and
+nothing is patched (NCCL, bf16 and fused kernels take their normal paths).
+
+Patch by patch (each was shown necessary; see docs/cpu_mode.md):
+
+1. ``torch.cuda.current_device`` -> ``torch.device("cpu")``: megatron allocates buffers with
+   ``device=torch.cuda.current_device()``.
+2. ``torch.cuda.synchronize`` -> no-op: pipeline schedules and checkpointing call it.
+3. CUDA RNG primitives -> the CPU generator: ``torch.cuda.get_rng_state``, ``torch.cuda.random.get_rng_state``,
+   ``torch.cuda.manual_seed`` and megatron's ``tensor_parallel.random._set_cuda_rng_state``. Megatron's own
+   RNG tracker is kept (``tensor_parallel/layers.py`` imported it by name), so activation recompute with
+   dropout reproduces exactly. Its "CPU RNG state changed" warning is meaningless here and is filtered.
+4. A :class:`torch.overrides.TorchFunctionMode` that (a) rewrites ``device="cuda..."`` keyword arguments to
+   CPU (the 1F1B schedule allocates with a literal ``device="cuda"``), (b) makes ``Tensor.cuda()`` and
+   ``Tensor.to("cuda")`` the identity, and (c) answers ``Tensor.type()`` with the ``torch.cuda.*`` name and
+   maps ``torch.cuda.*`` type strings back (the optimizer and clip_grads assert CUDA tensor types).
+
+Consequence worth knowing: the CPU and "CUDA" RNG streams are one generator, so dropout masks differ from a
+GPU run with the same seed (losses are still identical across TP/PP layouts on CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+_ENABLED = False
+_MODE: "_CudaToCpuMode | None" = None
+
+
+def cpu_mode_wanted(force_cpu: bool = False) -> bool:
+    """CPU mode is used when asked for (``--cpu``) or when this machine has no usable CUDA device."""
+    return force_cpu or os.environ.get("MEGATRON_FORCE_CPU") == "1" or not torch.cuda.is_available()
+
+
+def is_cpu_mode() -> bool:
+    return _ENABLED
+
+
+def _is_cuda_device(device) -> bool:
+    if isinstance(device, str):
+        return device.startswith("cuda")
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    return False
+
+
+def _to_cpu_type_name(name: str) -> str:
+    return name.replace("torch.cuda.", "torch.", 1) if name.startswith("torch.cuda.") else name
+
+
+class _CudaToCpuMode(TorchFunctionMode):
+    """Patch 4: keeps CUDA-flavoured calls inside megatron-core working on CPU tensors."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.cuda:
+            return args[0]
+        if func is torch.Tensor.type:
+            if len(args) == 1 and not kwargs:  # query: report the CUDA name megatron asserts on
+                name = func(*args)
+                return name.replace("torch.", "torch.cuda.", 1) if not name.startswith("torch.cuda.") else name
+            dtype = args[1] if len(args) > 1 else kwargs.pop("dtype", None)
+            if isinstance(dtype, str):
+                dtype = _to_cpu_type_name(dtype)
+            return func(args[0], dtype, **kwargs)
+        if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
+            args = (args[0], torch.device("cpu")) + tuple(args[2:])
+        if "device" in kwargs and _is_cuda_device(kwargs["device"]):
+            kwargs["device"] = torch.device("cpu")
+        return func(*args, **kwargs)
+
+
+class _DropCpuRngWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "CPU RNG state changed" not in record.getMessage()
+
+
+def enable_cpu_mode() -> None:
+    """Apply patches 1-4 (idempotent). Call before building any megatron-core object."""
+    global _ENABLED, _MODE
+    if _ENABLED:
+        return
+    from megatron.core.tensor_parallel import random as mcore_random
+
+    cpu = torch.device("cpu")
+    torch.cuda.current_device = lambda: cpu  # 1
+    torch.cuda.synchronize = lambda *a, **k: None  # 2
+
+    def _get_rng_state(*_a, **_k):  # 3
+        return torch.get_rng_state()
+
+    torch.cuda.get_rng_state = _get_rng_state
+    torch.cuda.random.get_rng_state = _get_rng_state
+    torch.cuda.manual_seed = lambda seed: torch.manual_seed(seed)
+    torch.cuda.manual_seed_all = lambda seed: torch.manual_seed(seed)
+    mcore_random._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
+    logging.getLogger(mcore_random.__name__).addFilter(_DropCpuRngWarning())
+
+    _MODE = _CudaToCpuMode()  # 4: stays on for the life of the process
+    _MODE.__enter__()
+    _ENABLED = True
+
+
+def default_backend() -> str:
+    """gloo in CPU mode, NCCL otherwise."""
+    return "gloo" if _ENABLED else "nccl"
