@@ -101,8 +101,9 @@ def enable_cpu_mode() -> None:
 
     torch.cuda.get_rng_state = _get_rng_state
     torch.cuda.random.get_rng_state = _get_rng_state
-    torch.cuda.manual_seed = lambda seed: torch.manual_seed(seed)
-    torch.cuda.manual_seed_all = lambda seed: torch.manual_seed(seed)
+    # torch.manual_seed itself calls torch.cuda.manual_seed_all: seed the CPU generator directly.
+    torch.cuda.manual_seed = lambda seed: torch.default_generator.manual_seed(int(seed))
+    torch.cuda.manual_seed_all = lambda seed: None
     mcore_random._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
     logging.getLogger(mcore_random.__name__).addFilter(_DropCpuRngWarning())
 

@@ -1,0 +1,85 @@
+"""Process-group, model-parallel and RNG set-up: the first thing every entry point does.
+
+Works under ``torchrun`` (reads RANK/WORLD_SIZE/LOCAL_RANK) and as a plain single process (world size 1,
+a local TCP store), so tools and tests can build megatron-core objects without a launcher.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import random
+import socket
+
+import numpy as np
+import torch
+
+from megatron.training import cpu_compat
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def initialize_distributed(
+    tensor_model_parallel_size: int = 1,
+    pipeline_model_parallel_size: int = 1,
+    force_cpu: bool = False,
+    timeout_minutes: int = 10,
+) -> None:
+    """Create the default process group (NCCL on GPUs, gloo in CPU mode) and megatron's parallel groups."""
+    from megatron.core import parallel_state
+
+    if cpu_compat.cpu_mode_wanted(force_cpu):
+        cpu_compat.enable_cpu_mode()
+    if not torch.distributed.is_initialized():
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        if not cpu_compat.is_cpu_mode():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group(
+            backend=cpu_compat.default_backend(),
+            timeout=datetime.timedelta(minutes=timeout_minutes),
+        )
+    world = torch.distributed.get_world_size()
+    model_parallel = tensor_model_parallel_size * pipeline_model_parallel_size
+    if world % model_parallel != 0:
+        raise ValueError(
+            f"world size {world} is not divisible by tensor ({tensor_model_parallel_size}) x pipeline "
+            f"({pipeline_model_parallel_size}) parallel size"
+        )
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tensor_model_parallel_size,
+        pipeline_model_parallel_size=pipeline_model_parallel_size,
+        distributed_timeout_minutes=timeout_minutes,
+    )
+
+
+def set_random_seed(seed: int) -> None:
+    """Seed python/numpy/torch and megatron's model-parallel RNG tracker.
+
+    Every rank gets the same python/numpy/torch seed (data order does not depend on it); megatron derives the
+    tensor-parallel dropout streams from it. Parameter values do not depend on these streams at all: they are
+    drawn by ``megatron.dslm.weight_init`` from generators keyed on (seed, weight name, layer).
+    """
+    from megatron.core import tensor_parallel
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed, force_reset_rng=True)
+
+
+def destroy_distributed() -> None:
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
