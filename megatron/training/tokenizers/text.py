@@ -45,7 +45,21 @@ def _read_wordpiece_vocab(path: str) -> Dict[str, int]:
     return vocab
 
 
-class BertWordPieceTokenizer(LocalTokenizer):
+class _LibraryTokenizer(LocalTokenizer):
+    """Shared encode/decode for tokenizers backed by a `tokenizers` object in `self._tok`.
+    Special tokens are never added here: datasets insert [CLS]/[SEP]/EOD themselves."""
+
+    def tokenize(self, text: str) -> List[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def tokenize_batch(self, texts: List[str]) -> List[List[int]]:
+        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def detokenize(self, ids: List[int]) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+class BertWordPieceTokenizer(_LibraryTokenizer):
     """BERT WordPiece from a vocab.txt; lower_case=True also strips accents, as BERT uncased."""
 
     def __init__(self, vocab_file: str, lower_case: bool = True) -> None:
@@ -65,15 +79,6 @@ class BertWordPieceTokenizer(LocalTokenizer):
         super().__init__(os.path.abspath(vocab_file), specials, {"lower_case": lower_case})
         self.lower_case = lower_case
 
-    def tokenize(self, text: str) -> List[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def tokenize_batch(self, texts: List[str]) -> List[List[int]]:
-        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
-
-    def detokenize(self, ids: List[int]) -> str:
-        return self._tok.decode(list(map(int, ids)), skip_special_tokens=False)
-
     def decode_token_ids(self, ids: List[int]) -> List[str]:
         return [self.inv_vocab[int(i)] for i in ids]
 
@@ -82,7 +87,7 @@ class BertWordPieceTokenizer(LocalTokenizer):
         return self._special_id("unk")
 
 
-class GPT2BPETokenizer(LocalTokenizer):
+class GPT2BPETokenizer(_LibraryTokenizer):
     """GPT-2 byte-level BPE from vocab.json + merges.txt; `eod` is <|endoftext|>, no pad token."""
 
     EOD_TOKEN = "<|endoftext|>"
@@ -126,15 +131,6 @@ class GPT2BPETokenizer(LocalTokenizer):
                 f"{merge_file} does not match the vocabulary: {len(unknown)} of the first "
                 f"{min(len(merges), 1000)} merges produce tokens absent from it")
 
-    def tokenize(self, text: str) -> List[int]:
-        return self._tok.encode(text).ids
-
-    def tokenize_batch(self, texts: List[str]) -> List[List[int]]:
-        return [e.ids for e in self._tok.encode_batch(texts)]
-
-    def detokenize(self, ids: List[int]) -> str:
-        return self._tok.decode(list(map(int, ids)), skip_special_tokens=False)
-
 
 def _read_merges(merge_file: str) -> List[tuple]:
     merges = []
@@ -166,7 +162,7 @@ _HF_MAP_KEYS = {"eos": "eos_token", "bos": "bos_token", "pad": "pad_token", "cls
                 "sep": "sep_token", "mask": "mask_token", "unk": "unk_token"}
 
 
-class HuggingFaceTokenizer(LocalTokenizer):
+class HuggingFaceTokenizer(_LibraryTokenizer):
     """Any `tokenizers` tokenizer.json on disk (a file, or a directory holding one).
 
     Special tokens come from a `special_tokens_map.json` beside it when present, else from the
@@ -214,15 +210,6 @@ class HuggingFaceTokenizer(LocalTokenizer):
                 chosen = next((n for n in names if n in self._vocab), None)
             specials[role] = self._vocab.get(chosen) if chosen is not None else None
         return specials
-
-    def tokenize(self, text: str) -> List[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def tokenize_batch(self, texts: List[str]) -> List[List[int]]:
-        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
-
-    def detokenize(self, ids: List[int]) -> str:
-        return self._tok.decode(list(map(int, ids)), skip_special_tokens=False)
 
 
 class NullTokenizer(LocalTokenizer):
