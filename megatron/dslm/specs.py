@@ -1,0 +1,239 @@
+"""Layer specs for residual scaling ``x' = λ·x + β·F(x)`` and a true Post-LN, on megatron-core's local layers.
+
+megatron-core's ``TransformerLayer`` merges each sub-layer with a bias-dropout-add callable
+(``self_attn_bda`` / ``mlp_bda``): ``residual + dropout(out + bias)``. :class:`ScaledResidualTransformerLayer`
+keeps the stock forward (recompute, offload and sequence-parallel paths untouched) and only replaces those two
+callables by ``λ·residual + dropout(β·out + β·bias)`` (β on the branch output *and* its bias, before dropout and
+the add; DeepScaleLM, Kedia et al. 2024, Sec. 4), optionally followed by a LayerNorm. With λ = β = 1 and no
+post-norm the stock callables are kept as they are, so the layer is bit-for-bit the stock one.
+
+Norm placement (what ``--apply-residual-connection-post-layernorm`` selects; megatron-core 0.16 declares that
+flag but reads it nowhere):
+
+* Pre-LN (default, megatron-core's layout)::
+
+      h   = λ_a·x + β_a·Attn(LN_in(x))
+      x'  = λ_m·h + β_m·MLP(LN_pre_mlp(h))
+      ... final LayerNorm after the last layer, before the LM head.
+
+* Post-LN (original BERT / Transformer)::
+
+      x_0 = LN_emb(embedding)                      # embedding LayerNorm, added by :func:`add_embedding_layernorm`
+      h   = LN_post_attn(λ_a·x + β_a·Attn(x))
+      x'  = LN_post_mlp(λ_m·h + β_m·MLP(h))
+      ... no final LayerNorm (the last layer already ends in one; removed by :func:`remove_final_layernorm`).
+
+λ/β are read per layer from an :class:`~megatron.dslm.schemes.table.InitTable` with the layer's global 1-based
+``layer_number`` (pipeline offset included), passed through ``ModuleSpec.params``.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Callable, Optional
+
+import torch
+
+from megatron.core.transformer.identity_op import IdentityOp
+from megatron.core.transformer.spec_utils import ModuleSpec, build_module
+from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.transformer.transformer_layer import TransformerLayer
+
+from megatron.dslm.schemes.table import InitTable
+
+
+def _scaled_bda(stock_bda: Callable, residual_scale: float, branch_scale: float,
+                post_norm: Optional[torch.nn.Module]) -> Callable:
+    """Wrap a megatron bda factory ``(training, fused) -> fn(x_with_bias, residual, prob)``.
+
+    The stock function still does the dropout and the add (fused or not); we only pre-scale its inputs, and
+    skip each multiply whose factor is exactly 1.
+    """
+
+    def factory(training: bool, fused: bool):
+        inner = stock_bda(training, fused)
+
+        def bias_dropout_scaled_add(x_with_bias, residual, prob):
+            out, bias = x_with_bias
+            if branch_scale != 1.0:
+                out = out * branch_scale
+                bias = None if bias is None else bias * branch_scale
+            if residual_scale != 1.0:
+                residual = residual * residual_scale
+            merged = inner((out, bias), residual, prob)
+            return merged if post_norm is None else post_norm(merged)
+
+        return bias_dropout_scaled_add
+
+    return factory
+
+
+class ScaledResidualTransformerLayer(TransformerLayer):
+    """A ``TransformerLayer`` whose two merges are ``λ·x + β·F(x)``, optionally followed by a LayerNorm.
+
+    Args (beyond ``TransformerLayer``'s; they arrive through ``ModuleSpec.params``):
+        init_table: the scheme's table; λ/β come from ``init_table.layer(self.layer_number)``.
+        post_layernorm: norm module/spec to put after each merge (Post-LN), or None for Pre-LN.
+    """
+
+    def __init__(self, config: TransformerConfig, submodules, layer_number: int = 1,
+                 hidden_dropout: Optional[float] = None, pg_collection=None, vp_stage: Optional[int] = None,
+                 *, init_table: Optional[InitTable] = None, post_layernorm=None):
+        super().__init__(config=config, submodules=submodules, layer_number=layer_number,
+                         hidden_dropout=hidden_dropout, pg_collection=pg_collection, vp_stage=vp_stage)
+        if init_table is not None:
+            if len(init_table.layers) < self.layer_number:
+                raise ValueError(
+                    f"InitTable '{init_table.scheme}' has {len(init_table.layers)} layers but this is layer "
+                    f"{self.layer_number} of {config.num_layers}: build the table for the same --num-layers"
+                )
+            scales = init_table.layer(self.layer_number)
+            self.attn_residual_scale = float(scales.attn_lambda)
+            self.attn_branch_scale = float(scales.attn_beta)
+            self.mlp_residual_scale = float(scales.mlp_lambda)
+            self.mlp_branch_scale = float(scales.mlp_beta)
+        else:
+            self.attn_residual_scale = self.attn_branch_scale = 1.0
+            self.mlp_residual_scale = self.mlp_branch_scale = 1.0
+
+        if post_layernorm is not None:
+            norm_kwargs = dict(config=config, hidden_size=config.hidden_size, eps=config.layernorm_epsilon)
+            self.post_attn_layernorm = build_module(post_layernorm, **norm_kwargs)
+            self.post_mlp_layernorm = build_module(post_layernorm, **norm_kwargs)
+        else:
+            self.post_attn_layernorm = None
+            self.post_mlp_layernorm = None
+
+        # Keep the stock callables when nothing changes: λ = β = 1 must be the stock layer, bit for bit.
+        if (self.attn_residual_scale, self.attn_branch_scale) != (1.0, 1.0) or post_layernorm is not None:
+            self.self_attn_bda = _scaled_bda(self.self_attn_bda, self.attn_residual_scale,
+                                             self.attn_branch_scale, self.post_attn_layernorm)
+        if (self.mlp_residual_scale, self.mlp_branch_scale) != (1.0, 1.0) or post_layernorm is not None:
+            self.mlp_bda = _scaled_bda(self.mlp_bda, self.mlp_residual_scale, self.mlp_branch_scale,
+                                       self.post_mlp_layernorm)
+
+    @property
+    def is_post_ln(self) -> bool:
+        return self.post_mlp_layernorm is not None
+
+
+def _dslm_layer_spec(base: ModuleSpec, table: InitTable, post_ln: bool) -> ModuleSpec:
+    """Turn a stock local layer spec into a ScaledResidualTransformerLayer spec (Post-LN if asked)."""
+    if not (isinstance(base, ModuleSpec) and issubclass(base.module, TransformerLayer)):
+        raise TypeError(f"expected a TransformerLayer ModuleSpec, got {base!r}")
+    submodules = copy.copy(base.submodules)
+    params = dict(base.params or {})
+    params["init_table"] = table
+    if post_ln:
+        norm = submodules.input_layernorm
+        if norm is IdentityOp:
+            raise ValueError("the base spec has no input LayerNorm to reuse for Post-LN")
+        params["post_layernorm"] = norm
+        submodules.input_layernorm = IdentityOp
+        submodules.pre_mlp_layernorm = IdentityOp
+    return ModuleSpec(module=ScaledResidualTransformerLayer, params=params, submodules=submodules)
+
+
+def _have_transformer_engine() -> bool:
+    try:
+        import transformer_engine  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def get_dslm_gpt_layer_spec(table: InitTable, post_ln: bool = False, use_te: bool = False,
+                            fast_attention: bool = False) -> ModuleSpec:
+    """GPT layer spec with λ/β residual scaling from ``table`` (Post-LN if ``post_ln``).
+
+    Base: megatron-core's local spec. ``use_te`` (Transformer Engine) is accepted only when it imports and only
+    for Pre-LN, where TE fuses the input norm into linear_qkv (untested here). ``fast_attention`` swaps the core
+    attention for :class:`~megatron.dslm.fast_attention.SDPAttention` (``torch.nn.functional.scaled_dot_product_attention``).
+    """
+    if use_te and _have_transformer_engine() and not post_ln:
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+        base = get_gpt_layer_with_transformer_engine_spec()
+    else:
+        if use_te:
+            warnings.warn("Transformer Engine unavailable or Post-LN asked: using the local layer spec")
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+        base = get_gpt_layer_local_spec()
+    if fast_attention:
+        base = _with_fast_attention(base)
+    return _dslm_layer_spec(base, table, post_ln)
+
+
+def get_dslm_bert_layer_spec(table: InitTable, post_ln: bool = False, fast_attention: bool = False) -> ModuleSpec:
+    """BERT (padding-mask) layer spec with λ/β residual scaling from ``table`` (Post-LN if ``post_ln``)."""
+    from megatron.core.models.bert.bert_layer_specs import bert_layer_local_spec
+    base = bert_layer_local_spec
+    if fast_attention:
+        base = _with_fast_attention(base)
+    return _dslm_layer_spec(base, table, post_ln)
+
+
+def _with_fast_attention(base: ModuleSpec) -> ModuleSpec:
+    from megatron.dslm.fast_attention import SDPAttention
+
+    submodules = copy.copy(base.submodules)
+    attn = copy.copy(submodules.self_attention)
+    attn_sub = copy.copy(attn.submodules)
+    attn_sub.core_attention = SDPAttention
+    attn.submodules = attn_sub
+    submodules.self_attention = attn
+    return ModuleSpec(module=base.module, params=dict(base.params or {}), submodules=submodules)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Model-level fix-ups applied after construction (the model classes take a layer spec, not a block spec).
+
+
+def remove_final_layernorm(block: torch.nn.Module) -> None:
+    """Post-LN: every layer already ends in a LayerNorm, so the block's final norm must go."""
+    if getattr(block, "final_layernorm", None) is not None:
+        block.final_layernorm = None
+
+
+class _EmbeddingLayerNormHook:
+    """Forward hook ``embedding_output -> LN(embedding_output)`` (original BERT's embedding LayerNorm)."""
+
+    def __init__(self, norm: torch.nn.Module):
+        self.norm = norm
+
+    def __call__(self, module, inputs, output):
+        return self.norm(output)
+
+
+def add_embedding_layernorm(embedding: torch.nn.Module, config: TransformerConfig, norm_spec=None) -> None:
+    """Give megatron-core's ``LanguageModelEmbedding`` (which has none) a LayerNorm on its output.
+
+    The norm is a registered child ``embedding.embedding_layernorm`` (so it is in ``sharded_state_dict()``
+    and the optimizer), applied after the embedding dropout by a permanent forward hook.
+    """
+    if norm_spec is None:
+        from megatron.core.models.backends import LocalSpecProvider
+        norm_spec = LocalSpecProvider().layer_norm(rms_norm=False, for_qk=False)
+    embedding.embedding_layernorm = build_module(norm_spec, config=config, hidden_size=config.hidden_size,
+                                                 eps=config.layernorm_epsilon)
+    embedding.register_forward_hook(_EmbeddingLayerNormHook(embedding.embedding_layernorm))
+
+
+class _LogitScaleHook:
+    """Forward pre-hook on the output layer: scale the final hidden state (DSLM LM-head scaling)."""
+
+    def __init__(self, scale: float):
+        self.scale = float(scale)
+
+    def __call__(self, module, args):
+        return (args[0] * self.scale,) + tuple(args[1:])
+
+
+def add_lm_logit_scale(output_layer: torch.nn.Module, scale: float) -> None:
+    """Multiply the output layer's input (the final hidden state) by ``scale``; no-op for scale 1.
+
+    A pre-hook, so it follows the output layer to whichever pipeline stage owns it and works for the tied and
+    untied heads alike.
+    """
+    if float(scale) != 1.0:
+        output_layer.register_forward_pre_hook(_LogitScaleHook(scale))
