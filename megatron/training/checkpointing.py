@@ -1,0 +1,237 @@
+"""Checkpoints with megatron.core.dist_checkpointing: model, optimizer, scheduler, RNG, iteration and args.
+
+Layout: ``<save>/iter_0000010/`` (a dist_checkpointing directory) and ``<save>/latest_checkpointed_iteration.txt``.
+A checkpoint is written to ``iter_XXXXXXX.tmp`` and only renamed into place once every rank finished, and the
+tracker file is replaced atomically after that: a crash mid-save leaves the previous checkpoint as "latest".
+Because the state is sharded by global tensor keys, a checkpoint saved at one TP/PP layout loads at another
+(RNG state is restored only when the layout is the same).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+
+import numpy as np
+import torch
+
+TRACKER_FILE = "latest_checkpointed_iteration.txt"
+CHECKPOINT_VERSION = 1
+# The default distributed-optimizer format is rejected on load by megatron-core 0.16; this one round-trips.
+_OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
+
+
+def checkpoint_dir(root: str, iteration: int) -> str:
+    return os.path.join(root, f"iter_{iteration:07d}")
+
+
+def read_tracker(root: str):
+    """The last fully written iteration under ``root`` or None."""
+    path = os.path.join(root, TRACKER_FILE)
+    if not os.path.isfile(path):
+        return None
+    text = open(path).read().strip()
+    if not text.isdigit():
+        raise RuntimeError(f"{path} is corrupt (expected an iteration number, found {text!r})")
+    return int(text)
+
+
+def unwrap_model(chunk):
+    """The megatron-core model inside DDP / Float16Module wrappers."""
+    while hasattr(chunk, "module"):
+        chunk = chunk.module
+    return chunk
+
+
+def _barrier():
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def _rng_state() -> dict:
+    from megatron.core import tensor_parallel
+    from megatron.training import cpu_compat
+
+    return {
+        "random": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": None if cpu_compat.is_cpu_mode() else torch.cuda.get_rng_state(),
+        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    from megatron.core import tensor_parallel
+
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _rng_sharded_object(state):
+    from megatron.core import parallel_state as ps
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    return ShardedObject(
+        "rng_state", state,
+        (ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size()),
+        (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()),
+        replica_id=ps.get_data_parallel_rank(),
+    )
+
+
+def _parallel_layout() -> list:
+    from megatron.core import parallel_state as ps
+
+    return [ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()]
+
+
+def _model_sharded_state_dict(model_chunks) -> dict:
+    if len(model_chunks) != 1:
+        raise NotImplementedError("virtual pipeline (several model chunks) is not supported")
+    return unwrap_model(model_chunks[0]).sharded_state_dict()
+
+
+def _plain_args(args) -> dict:
+    """JSON-like copy of the flags (for inspection and for finetuning to read the pretrained shape)."""
+    if args is None:
+        return {}
+    return {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, tuple, type(None)))}
+
+
+def save_checkpoint(iteration: int, model_chunks, optimizer, scheduler, save_dir: str, args=None,
+                    extra_state: dict | None = None) -> str:
+    """Write a checkpoint of ``iteration`` under ``save_dir`` and publish it atomically; returns its path."""
+    from megatron.core import dist_checkpointing
+
+    final = checkpoint_dir(save_dir, iteration)
+    tmp = final + ".tmp"
+    if _rank() == 0:
+        os.makedirs(save_dir, exist_ok=True)
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+        os.makedirs(tmp)
+    _barrier()
+
+    model_sd = _model_sharded_state_dict(model_chunks)
+    state = {
+        "checkpoint_version": CHECKPOINT_VERSION,
+        "iteration": iteration,
+        "args": _plain_args(args),
+        "parallel_layout": _parallel_layout(),
+        "model": model_sd,
+        "rng_state": _rng_sharded_object(_rng_state()),
+    }
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(model_sd, metadata=_OPTIMIZER_METADATA)
+    if scheduler is not None:
+        state["opt_param_scheduler"] = scheduler.state_dict()
+    if extra_state:
+        state["extra"] = extra_state
+    dist_checkpointing.save(state, tmp, content_metadata=_OPTIMIZER_METADATA)
+    _barrier()
+
+    if _rank() == 0:
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        tracker_tmp = os.path.join(save_dir, TRACKER_FILE + ".tmp")
+        with open(tracker_tmp, "w") as f:
+            f.write(str(iteration))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tracker_tmp, os.path.join(save_dir, TRACKER_FILE))
+    _barrier()
+    return final
+
+
+def _inner_optimizers(optimizer):
+    return getattr(optimizer, "chained_optimizers", None) or [optimizer]
+
+
+def load_checkpoint(model_chunks, optimizer, scheduler, load_dir: str, *, load_optim: bool = True,
+                    load_rng: bool = True, finetune: bool = False, strict: bool = True):
+    """Restore the latest checkpoint under ``load_dir``; returns (iteration, extra_state).
+
+    ``finetune=True`` loads model weights only and returns iteration 0. With no checkpoint present the
+    model is left as initialised and (0, {}) is returned.
+    """
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.mapping import ShardedObject  # noqa: F401  (documented type)
+
+    iteration = read_tracker(load_dir)
+    if iteration is None:
+        if finetune:
+            raise FileNotFoundError(f"no checkpoint found under {load_dir} ({TRACKER_FILE} missing)")
+        return 0, {}
+    ckpt = checkpoint_dir(load_dir, iteration)
+    if not os.path.isdir(ckpt):
+        raise FileNotFoundError(f"{load_dir}/{TRACKER_FILE} names iteration {iteration} but {ckpt} is missing")
+    common = dist_checkpointing.load_common_state_dict(ckpt)
+
+    model_sd = _model_sharded_state_dict(model_chunks)
+    request = {"model": model_sd}
+    want_optim = load_optim and not finetune and optimizer is not None and "optimizer" in common
+    if want_optim:
+        for inner in _inner_optimizers(optimizer):
+            if hasattr(inner, "_init_optimizer_states_with_dummy_values"):
+                inner._init_optimizer_states_with_dummy_values()
+        request["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=True,
+                                                            metadata=_OPTIMIZER_METADATA)
+    same_layout = list(common.get("parallel_layout", [])) == _parallel_layout()
+    want_rng = load_rng and not finetune and same_layout
+    if want_rng:
+        request["rng_state"] = _rng_sharded_object(None)
+
+    with torch.no_grad():
+        loaded = dist_checkpointing.load(request, ckpt)
+    unwrap_model(model_chunks[0]).load_state_dict(loaded["model"], strict=strict)
+    if finetune:
+        return 0, {}
+    if want_optim:
+        optimizer.load_state_dict(loaded["optimizer"])
+        _restore_per_param_steps(optimizer)
+    if scheduler is not None and "opt_param_scheduler" in common:
+        scheduler.load_state_dict(common["opt_param_scheduler"])
+    if want_rng:
+        _set_rng_state(loaded["rng_state"])
+    return int(common["iteration"]), common.get("extra", {})
+
+
+def _restore_per_param_steps(optimizer) -> None:
+    """Give every Adam state its own ``step`` tensor from the loaded param_groups.
+
+    The distributed optimizer's load path leaves ``step`` shared (and reset to 1) on the torch-Adam path,
+    which silently changes Adam's bias correction and makes the resumed loss curve diverge.
+    """
+    for inner in _inner_optimizers(optimizer):
+        torch_opt = getattr(inner, "optimizer", None)
+        if torch_opt is None:
+            continue
+        for group in torch_opt.param_groups:
+            step = group.get("step")
+            if step is None:
+                continue
+            for p in group["params"]:
+                st = torch_opt.state.get(p)
+                if st is not None and "step" in st:
+                    st["step"] = torch.tensor(float(step), dtype=torch.float32)
+
+
+def load_args_from_checkpoint(load_dir: str) -> dict:
+    """The flags a checkpoint was trained with (e.g. so finetuning can check the model shape)."""
+    from megatron.core import dist_checkpointing
+
+    iteration = read_tracker(load_dir)
+    if iteration is None:
+        raise FileNotFoundError(f"no checkpoint found under {load_dir}")
+    return dist_checkpointing.load_common_state_dict(checkpoint_dir(load_dir, iteration)).get("args", {})

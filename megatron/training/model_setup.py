@@ -1,0 +1,81 @@
+"""From parsed flags to the objects megatron-core and DSLM take: TransformerConfig, ModelArch, InitTable."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from megatron.dslm.schemes.table import InitTable, ModelArch
+
+DEFAULT_EMBEDDING_CORR = 0.221  # the reference's hard-coded r0; used only when nothing was measured
+
+
+def params_dtype_from_args(args) -> torch.dtype:
+    return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+
+
+def transformer_config_from_args(args):
+    """A megatron-core TransformerConfig; TP/PP are passed too (else every stage builds all layers)."""
+    from megatron.core.transformer import TransformerConfig
+
+    dtype = params_dtype_from_args(args)
+    recompute = dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1) \
+        if args.recompute_activations else {}
+    return TransformerConfig(
+        num_layers=args.num_layers,
+        hidden_size=args.hidden_size,
+        ffn_hidden_size=args.ffn_hidden_size,
+        num_attention_heads=args.num_attention_heads,
+        kv_channels=args.kv_channels,
+        hidden_dropout=args.hidden_dropout,
+        attention_dropout=args.attention_dropout,
+        activation_func=F.relu if args.activation == "relu" else F.gelu,
+        init_method_std=args.init_method_std,
+        tensor_model_parallel_size=args.tensor_model_parallel_size,
+        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
+        use_cpu_initialization=args.use_cpu_initialization,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=args.bf16,
+        fp16=args.fp16,
+        # Fusions need apex/TE kernels; off keeps both CPU and plain-PyTorch GPU installs working.
+        gradient_accumulation_fusion=False,
+        bias_activation_fusion=False,
+        masked_softmax_fusion=False,
+        bias_dropout_fusion=False,
+        persist_layer_norm=False,
+        **recompute,
+    )
+
+
+def model_arch_from_args(args, model_type: str = "gpt") -> ModelArch:
+    """The parallel-layout-free description that schemes and the theory predictor read."""
+    vocab = getattr(args, "padded_vocab_size", None) or args.vocab_size or 30522
+    corr = args.embedding_corr if args.embedding_corr is not None else DEFAULT_EMBEDDING_CORR
+    return ModelArch(
+        num_layers=args.num_layers,
+        hidden_size=args.hidden_size,
+        num_attention_heads=args.num_attention_heads,
+        seq_length=args.seq_length,
+        vocab_size=vocab,
+        ffn_hidden_size=args.ffn_hidden_size,
+        kv_channels=args.kv_channels,
+        model_type=model_type,
+        num_tokentypes=args.num_tokentypes,
+        hidden_dropout=args.hidden_dropout,
+        attention_dropout=args.attention_dropout,
+        post_ln=args.apply_residual_connection_post_layernorm,
+        activation=args.activation,
+        embedding_corr=corr,
+        dslm_k=args.dslm_k,
+        residual_lambda_sq=args.residual_lambda_sq,
+        residual_beta_sq=args.residual_beta_sq,
+        allow_unnormalized_residual=args.allow_unnormalized_residual,
+        init_method_std=args.init_method_std,
+    )
+
+
+def init_table_from_args(args, model_type: str = "gpt") -> InitTable:
+    from megatron.dslm.schemes.registry import build_init_table
+
+    return build_init_table(args.init_scheme, model_arch_from_args(args, model_type))

@@ -1,0 +1,133 @@
+"""Startup validation: every inconsistent configuration fails here with one clear message, before any work."""
+
+from __future__ import annotations
+
+import math
+import os
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration error; entry points print it and exit with status 2."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate_args(args, world_size: int) -> None:
+    """Check and complete ``args`` in place (derived sizes, defaults that depend on other flags)."""
+    for name in ("num_layers", "hidden_size", "num_attention_heads", "seq_length", "micro_batch_size",
+                 "train_iters"):
+        _require(getattr(args, name) is not None, f"--{name.replace('_', '-')} is required")
+    for name in ("num_layers", "hidden_size", "num_attention_heads", "seq_length", "micro_batch_size",
+                 "tensor_model_parallel_size", "pipeline_model_parallel_size"):
+        _require(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive")
+    _require(args.train_iters >= 0, "--train-iters must be >= 0")
+
+    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+    _require(world_size % (tp * pp) == 0,
+             f"world size {world_size} is not divisible by TP ({tp}) x PP ({pp})")
+    args.world_size = world_size
+    args.data_parallel_size = world_size // (tp * pp)
+    _require(args.num_layers % pp == 0,
+             f"--num-layers {args.num_layers} is not divisible by --pipeline-model-parallel-size {pp}")
+    _require(args.hidden_size % args.num_attention_heads == 0,
+             f"--hidden-size {args.hidden_size} is not divisible by --num-attention-heads {args.num_attention_heads}")
+    _require(args.num_attention_heads % tp == 0,
+             f"--num-attention-heads {args.num_attention_heads} is not divisible by TP size {tp}")
+    args.ffn_hidden_size = args.ffn_hidden_size or 4 * args.hidden_size
+    _require(args.ffn_hidden_size % tp == 0, f"--ffn-hidden-size {args.ffn_hidden_size} not divisible by TP {tp}")
+    args.kv_channels = args.kv_channels or args.hidden_size // args.num_attention_heads
+    args.max_position_embeddings = args.max_position_embeddings or args.seq_length
+    _require(args.seq_length <= args.max_position_embeddings,
+             f"--seq-length {args.seq_length} exceeds --max-position-embeddings {args.max_position_embeddings}")
+
+    # Batch sizes: global = micro x DP x number of micro-batches.
+    dp_batch = args.micro_batch_size * args.data_parallel_size
+    if args.global_batch_size is None:
+        args.global_batch_size = dp_batch
+    _require(args.global_batch_size % dp_batch == 0,
+             f"--global-batch-size {args.global_batch_size} is not divisible by --micro-batch-size "
+             f"{args.micro_batch_size} x data-parallel size {args.data_parallel_size}")
+    args.num_microbatches = args.global_batch_size // dp_batch
+
+    for name in ("hidden_dropout", "attention_dropout"):
+        p = getattr(args, name)
+        _require(0.0 <= p < 1.0, f"--{name.replace('_', '-')} must be in [0, 1), got {p}")
+
+    # Optimisation.
+    _require(args.lr is not None or args.train_iters == 0, "--lr is required")
+    _require(not (args.fp16 and args.bf16), "--fp16 and --bf16 are mutually exclusive")
+    _require(args.lr_warmup_fraction is None or args.lr_warmup_iters == 0,
+             "use either --lr-warmup-fraction or --lr-warmup-iters, not both")
+    args.lr_decay_iters = args.lr_decay_iters or args.train_iters
+    if args.lr_warmup_fraction is not None:
+        _require(0.0 <= args.lr_warmup_fraction <= 1.0, "--lr-warmup-fraction must be in [0, 1]")
+        args.lr_warmup_steps = int(args.lr_warmup_fraction * args.lr_decay_iters)
+    else:
+        args.lr_warmup_steps = args.lr_warmup_iters
+
+    validate_residual_flags(args)
+    from megatron.dslm.schemes.registry import SCHEME_NAMES
+
+    _require(args.init_scheme in SCHEME_NAMES,
+             f"--init-scheme {args.init_scheme!r} is unknown; choose one of {', '.join(SCHEME_NAMES)}")
+
+    # Data.
+    _require(args.mock_data or args.data_path or getattr(args, "data_optional", False),
+             "give --data-path PREFIX (an indexed dataset from tools/preprocess_data.py) or --mock-data")
+    if args.mock_data and args.tokenizer_type is None:
+        args.tokenizer_type = "NullTokenizer"
+    _require(args.tokenizer_type is not None, "--tokenizer-type is required")
+    if args.tokenizer_type == "NullTokenizer":
+        _require(args.vocab_size is not None, "--tokenizer-type NullTokenizer needs --vocab-size")
+    for name in ("vocab_file", "merge_file", "tokenizer_model"):
+        path = getattr(args, name)
+        _require(path is None or os.path.exists(path), f"--{name.replace('_', '-')} {path} does not exist")
+    if not args.mock_data:
+        for prefix in _data_prefixes(args.data_path):
+            for ext in (".bin", ".idx"):
+                _require(os.path.exists(prefix + ext),
+                         f"--data-path {prefix}: {prefix + ext} not found (run tools/preprocess_data.py)")
+    _require(len(args.split.split(",")) in (1, 2, 3) and all(s.strip().replace(".", "", 1).isdigit()
+                                                            for s in args.split.split(",")),
+             f"--split {args.split!r} must look like '969,30,1'")
+    if args.num_tokentypes is None:
+        args.num_tokentypes = 0
+
+    # Checkpoints and logging.
+    _require(args.log_interval > 0, "--log-interval must be positive")
+    _require(args.eval_interval > 0, "--eval-interval must be positive")
+    _require(args.log_moments_interval >= 0, "--log-moments-interval must be >= 0")
+    if args.save_interval is not None:
+        _require(args.save is not None, "--save-interval needs --save")
+        _require(args.save_interval > 0, "--save-interval must be positive")
+    if args.load is not None and not os.path.isdir(args.load):
+        raise ConfigError(f"--load {args.load} is not a directory")
+
+
+def validate_residual_flags(args) -> None:
+    """lambda^2 + beta^2 = 1 unless --allow-unnormalized-residual (DSLM keeps the residual stream at unit variance)."""
+    lam_sq, beta_sq = args.residual_lambda_sq, args.residual_beta_sq
+    for name, value in (("--residual-lambda-sq", lam_sq), ("--residual-beta-sq", beta_sq)):
+        _require(value is None or value >= 0.0, f"{name} must be >= 0, got {value}")
+    _require(args.dslm_k > 0, f"--dslm-k must be positive, got {args.dslm_k}")
+    if lam_sq is not None and beta_sq is not None and not args.allow_unnormalized_residual:
+        _require(math.isclose(lam_sq + beta_sq, 1.0, rel_tol=0, abs_tol=1e-6),
+                 f"--residual-lambda-sq {lam_sq} + --residual-beta-sq {beta_sq} = {lam_sq + beta_sq} != 1; "
+                 "DSLM needs lambda^2 + beta^2 = 1 (pass --allow-unnormalized-residual to override)")
+    for name, value in (("--residual-lambda-sq", lam_sq), ("--residual-beta-sq", beta_sq)):
+        _require(value is None or value <= 1.0 or args.allow_unnormalized_residual,
+                 f"{name} {value} > 1 needs --allow-unnormalized-residual")
+
+
+def _data_prefixes(data_path):
+    """Prefixes of a '--data-path [w1] p1 [w2] p2' list (weights are numbers)."""
+    out = []
+    for item in data_path:
+        try:
+            float(item)
+        except ValueError:
+            out.append(item)
+    return out
