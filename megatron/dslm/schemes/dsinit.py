@@ -1,0 +1,23 @@
+"""DS-Init (Zhang, Titov, Sennrich 2019, "Improving Deep Transformer with Depth-Scaled Initialization"):
+Xavier shrunk by 1/sqrt(l) in layer l, so deeper residual branches start smaller."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from .table import InitTable, ModelArch
+from .xavier import xavier_table
+
+_LINEAR_ROLES = ("query_std", "key_std", "value_std", "attn_proj_std", "fc1_std", "fc2_std")
+
+
+def dsinit_table(arch: ModelArch) -> InitTable:
+    table = xavier_table(arch)
+    layers = tuple(
+        dataclasses.replace(
+            layer, **{role: getattr(layer, role) / math.sqrt(layer.layer_number) for role in _LINEAR_ROLES}
+        )
+        for layer in table.layers
+    )
+    return dataclasses.replace(table, scheme="dsinit", layers=layers)

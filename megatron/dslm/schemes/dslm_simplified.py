@@ -1,0 +1,26 @@
+"""Simplified DSLM *(our interpretation of the paper's "simple" variant)*: keep the lambda/beta residual
+scaling, drop the correlation tracking. Every linear layer gets sigma^2 = 1/d, the embedding tables sum
+to unit variance (each 1/T), heads 1/d, logits scaled by 1/sqrt(sigma_e^2 d). Branch outputs are then only
+O(1), not exactly 1; lambda^2 + beta^2 = 1 with small beta^2 keeps the stream near unit variance anyway."""
+
+from __future__ import annotations
+
+import math
+
+from .common import build_layers, make_table, residual_scalars
+from .table import InitTable, ModelArch
+
+
+def dslm_simplified_table(arch: ModelArch) -> InitTable:
+    lambda_, beta = residual_scalars(arch)
+    unit = 1.0 / math.sqrt(arch.hidden_size)
+    embedding_std = math.sqrt(1.0 / arch.num_embedding_tables)
+    layer_stds = dict(query_std=unit, key_std=unit, value_std=unit, attn_proj_std=unit, fc1_std=unit, fc2_std=unit)
+    return make_table(
+        "dslm_simplified",
+        embedding_std,
+        unit,
+        build_layers(arch, lambda n: layer_stds, lambda_, beta),
+        lm_logit_scale=1.0 / math.sqrt(embedding_std**2 * arch.hidden_size),
+        embedding_layernorm=arch.post_ln,
+    )
