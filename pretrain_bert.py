@@ -125,7 +125,8 @@ def build_bert_datasets(train_val_test_num_samples, *, data_path: List[str], spl
                         path_to_cache: Optional[str] = None):
     """Train/valid/test ``BERTMaskedWordPieceDataset`` (blended when --data-path lists several prefixes)."""
     from megatron.core.datasets.bert_dataset import BERTMaskedWordPieceDataset, BERTMaskedWordPieceDatasetConfig
-    from megatron.training.datasets import blend_from_args, build_datasets, check_data_and_split, data_prefixes
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.training.datasets import blend_from_args, check_data_and_split, data_prefixes
     from megatron.training.validate import ConfigError
 
     split = split or "1,0,0"
@@ -152,7 +153,11 @@ def build_bert_datasets(train_val_test_num_samples, *, data_path: List[str], spl
         masking_use_geometric_distribution=False,
         classification_head=binary_head,
     )
-    return build_datasets(BERTMaskedWordPieceDataset, config, train_val_test_num_samples)
+    # Sizes stay integers: megatron-core's masked datasets crash on a None ("one epoch") size, while 0 gives
+    # an empty split (returned as None).
+    datasets = BlendedMegatronDatasetBuilder(
+        BERTMaskedWordPieceDataset, [int(n) for n in train_val_test_num_samples], lambda: True, config).build()
+    return tuple(d if d is not None and len(d) > 0 else None for d in datasets)
 
 
 def datasets_provider(train_val_test_num_samples):
