@@ -1,0 +1,201 @@
+"""Scaled-residual and Post-LN layer specs against stock megatron-core and hand computations."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
+
+from common import causal_inputs, hand_table, make_config  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _dist():
+    from megatron.training.initialize import initialize_distributed
+
+    initialize_distributed(1, 1)
+    yield
+
+
+def _seed(seed=5):
+    from megatron.training.initialize import set_random_seed
+
+    set_random_seed(seed)
+
+
+def _fwd_bwd(model, inputs, seed=11):
+    tokens, pos, mask = inputs
+    _seed(seed)
+    model.zero_grad(set_to_none=True)
+    logits = model(tokens, pos, mask)
+    (logits.float() ** 2).mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    return logits.detach(), grads
+
+
+def test_identity_residual_reproduces_stock_gpt_bitwise():
+    """λ = β = 1, megatron σ, Pre-LN: same weights -> forward and backward equal to stock GPTModel, dropout on."""
+    from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.models.gpt.gpt_model import GPTModel
+
+    from megatron.dslm.models import build_gpt_model
+
+    config = make_config(num_layers=3, dropout=0.1)
+    ours = build_gpt_model(config, hand_table(3), vocab_size=64, max_sequence_length=16, seed=3)
+    for layer in ours.decoder.layers:
+        assert layer.self_attn_bda is get_bias_dropout_add and layer.mlp_bda is get_bias_dropout_add
+    _seed(1)
+    stock = GPTModel(config=config, transformer_layer_spec=get_gpt_layer_local_spec(), vocab_size=64,
+                     max_sequence_length=16, share_embeddings_and_output_weights=True)
+    stock.load_state_dict(ours.state_dict())
+    inputs = causal_inputs(2, 8, 64)
+    out_a, grad_a = _fwd_bwd(ours, inputs)
+    out_b, grad_b = _fwd_bwd(stock, inputs)
+    assert torch.equal(out_a, out_b)
+    assert grad_a.keys() == grad_b.keys()
+    for name in grad_a:
+        assert torch.equal(grad_a[name], grad_b[name]), name
+
+
+def test_identity_residual_reproduces_stock_bert():
+    from megatron.core.models.bert.bert_layer_specs import bert_layer_local_spec
+    from megatron.core.models.bert.bert_model import BertModel
+
+    from megatron.dslm.models import build_bert_model
+
+    config = make_config(num_layers=2, dropout=0.0)
+    ours = build_bert_model(config, hand_table(2), vocab_size=64, max_sequence_length=16, seed=3)
+    stock = BertModel(config=config, num_tokentypes=2, transformer_layer_spec=bert_layer_local_spec, vocab_size=64,
+                      max_sequence_length=16, share_embeddings_and_output_weights=True)
+    stock.load_state_dict(ours.state_dict())
+    tokens = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    pad = torch.ones(2, 8, dtype=torch.long)
+    pad[1, 6:] = 0
+    types = torch.zeros_like(tokens)
+    la, ba = ours(tokens, pad, tokentype_ids=types)
+    lb, bb = stock(tokens, pad, tokentype_ids=types)
+    assert torch.equal(la, lb) and torch.equal(ba, bb)
+
+
+def _hand_layer(layer, x, mask, lam, beta, post_ln):
+    attn_in = x if post_ln else layer.input_layernorm(x)
+    out, bias = layer.self_attention(attn_in, attention_mask=mask)
+    h = lam * x + beta * (out + bias)
+    if post_ln:
+        h = torch.nn.functional.layer_norm(h, (h.shape[-1],), layer.post_attn_layernorm.weight,
+                                           layer.post_attn_layernorm.bias, layer.config.layernorm_epsilon)
+    mlp_in = h if post_ln else layer.pre_mlp_layernorm(h)
+    out, bias = layer.mlp(mlp_in)
+    y = lam * h + beta * (out + bias)
+    if post_ln:
+        y = torch.nn.functional.layer_norm(y, (y.shape[-1],), layer.post_mlp_layernorm.weight,
+                                           layer.post_mlp_layernorm.bias, layer.config.layernorm_epsilon)
+    return y
+
+
+@pytest.mark.parametrize("post_ln", [False, True])
+def test_scaled_residual_matches_hand_computation(post_ln):
+    from megatron.dslm.models import build_gpt_model
+
+    lam, beta = 0.8, 0.6
+    table = hand_table(2, std=0.2, lam=lam, beta=beta)
+    model = build_gpt_model(make_config(num_layers=2), table, vocab_size=64, max_sequence_length=16,
+                            post_ln=post_ln, seed=4)
+    model.eval()
+    # Non-zero biases and LayerNorm affines so β-on-bias and the norm placement are exercised.
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(1)
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    layer = model.decoder.layers[1]
+    assert (layer.attn_residual_scale, layer.attn_branch_scale) == (lam, beta)
+    x = torch.randn(8, 2, 32, generator=torch.Generator().manual_seed(2))
+    _, _, mask = causal_inputs(2, 8, 64)
+    with torch.no_grad():
+        got = layer(x, attention_mask=mask)[0]
+        want = _hand_layer(layer, x, mask, lam, beta, post_ln)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # and the scaling is not a no-op: λ = β = 1 differs
+    with torch.no_grad():
+        assert not torch.allclose(got, _hand_layer(layer, x, mask, 1.0, 1.0, post_ln), atol=1e-4)
+
+
+def test_beta_applies_before_dropout():
+    """In training, the branch (output + bias) is scaled by β and then dropped out with the stock function."""
+    from megatron.dslm.specs import _scaled_bda
+    from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
+
+    out = torch.randn(4, 3, 5)
+    bias = torch.randn(5)
+    res = torch.randn(4, 3, 5)
+    fn = _scaled_bda(get_bias_dropout_add, 0.7, 0.3, None)(True, False)
+    torch.manual_seed(0)
+    got = fn((out, bias), res, 0.5)
+    torch.manual_seed(0)
+    want = 0.7 * res + torch.nn.functional.dropout(0.3 * out + 0.3 * bias, p=0.5, training=True)
+    torch.testing.assert_close(got, want)
+
+
+def test_post_ln_structure():
+    from megatron.core.transformer.identity_op import IdentityOp
+
+    from megatron.dslm.models import build_bert_model, build_gpt_model
+
+    # σ = 0.5 so the LayerNorm eps (1e-5) is negligible against the embedding variance
+    gpt = build_gpt_model(make_config(num_layers=2), hand_table(2, std=0.5), vocab_size=64, max_sequence_length=16,
+                          post_ln=True)
+    bert = build_bert_model(make_config(num_layers=2, apply_residual_connection_post_layernorm=True),
+                            hand_table(2), vocab_size=64, max_sequence_length=16)  # selected by the flag
+    for model, block in ((gpt, gpt.decoder), (bert, bert.encoder)):
+        assert block.final_layernorm is None
+        assert model.embedding.embedding_layernorm is not None
+        for layer in block.layers:
+            assert isinstance(layer.input_layernorm, IdentityOp)
+            assert isinstance(layer.pre_mlp_layernorm, IdentityOp)
+            assert layer.post_attn_layernorm is not None and layer.post_mlp_layernorm is not None
+    # the embedding output is normalised per token
+    tokens, pos, mask = causal_inputs(2, 8, 64)
+    with torch.no_grad():
+        emb = gpt.embedding(input_ids=tokens, position_ids=pos)
+    torch.testing.assert_close(emb.mean(-1), torch.zeros(8, 2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(emb.var(-1, unbiased=False), torch.ones(8, 2), atol=1e-3, rtol=0)
+    # Pre-LN keeps the stock layout
+    pre = build_gpt_model(make_config(num_layers=2), hand_table(2), vocab_size=64, max_sequence_length=16)
+    assert pre.decoder.final_layernorm is not None and not hasattr(pre.embedding, "embedding_layernorm")
+    assert not isinstance(pre.decoder.layers[0].input_layernorm, IdentityOp)
+
+
+def test_lm_logit_scale_scales_logits():
+    from megatron.dslm.models import build_gpt_model
+
+    inputs = causal_inputs(2, 8, 64)
+    outs = []
+    for scale in (1.0, 0.25):
+        model = build_gpt_model(make_config(num_layers=2), hand_table(2, logit_scale=scale), vocab_size=64,
+                                max_sequence_length=16, seed=8)
+        model.eval()
+        with torch.no_grad():
+            outs.append(model(*inputs))
+    torch.testing.assert_close(outs[1], 0.25 * outs[0], rtol=1e-5, atol=1e-6)
+
+
+def test_relu_activation_and_fast_attention_match():
+    from megatron.dslm.models import build_gpt_model
+
+    inputs = causal_inputs(2, 8, 64)
+    config = make_config(num_layers=2, activation_func=torch.nn.functional.relu)
+    outs = []
+    for fast in (False, True):
+        model = build_gpt_model(config, hand_table(2, std=0.1, lam=0.9, beta=0.5), vocab_size=64,
+                                max_sequence_length=16, seed=8, fast_attention=fast)
+        model.eval()
+        with torch.no_grad():
+            outs.append(model(*inputs))
+    assert torch.isfinite(outs[0]).all()
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)

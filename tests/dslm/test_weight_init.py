@@ -1,0 +1,189 @@
+"""apply_init_table: every weight group gets its table std; layout-independent, key-seeded, no global RNG."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
+
+from common import hand_table, make_config  # noqa: E402
+from helpers import REPO_ROOT, free_port, run_python, run_torchrun  # noqa: E402
+
+HIDDEN, HEADS, LAYERS = 64, 4, 3
+SCHEMES = ("megatron", "xavier", "dslm", "dslm-simplified", "deepnet", "dsinit")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _dist():
+    from megatron.training.initialize import initialize_distributed
+
+    initialize_distributed(1, 1)
+    yield
+
+
+def _rel_tol(n: int) -> float:
+    """~5 standard errors of a sample std from n Gaussian draws (SE ≈ 1/√(2n)), at least 3%."""
+    return max(0.03, 5.0 / (2.0 * n) ** 0.5)
+
+
+def _check_std(tensor: torch.Tensor, expected: float, what: str) -> None:
+    got = tensor.float().std().item()
+    assert abs(got - expected) <= _rel_tol(tensor.numel()) * expected, f"{what}: std {got:.5g} vs {expected:.5g}"
+
+
+def check_model_against_table(model, table, kind: str) -> int:
+    """Assert the std of every weight group equals the table's (per layer, Q/K/V rows separately)."""
+    from megatron.dslm.weight_init import qkv_row_std
+
+    checked = 0
+    block = model.decoder if kind == "gpt" else model.encoder
+    emb = model.embedding
+    _check_std(emb.word_embeddings.weight, table.word_embedding_std, "word embedding")
+    _check_std(emb.position_embeddings.weight, table.position_embedding_std, "position embedding")
+    checked += 2
+    if kind == "bert":
+        _check_std(emb.tokentype_embeddings.weight, table.tokentype_embedding_std, "tokentype embedding")
+        _check_std(model.pooler.dense.weight, table.pooler_std, "pooler")
+        _check_std(model.lm_head.dense.weight, table.lm_head_dense_std, "lm head dense")
+        _check_std(model.binary_head.weight, table.binary_head_std, "binary head")
+        assert torch.all(model.lm_head.layer_norm.weight == 1) and torch.all(model.lm_head.layer_norm.bias == 0)
+        checked += 4
+    cfg = model.config
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    groups = cfg.num_query_groups or cfg.num_attention_heads
+    q_rows = cfg.num_attention_heads // groups * head_dim
+    for layer in block.layers:
+        li = table.layer(layer.layer_number)
+        qkv = layer.self_attention.linear_qkv.weight.view(groups, q_rows + 2 * head_dim, -1)
+        _check_std(qkv[:, :q_rows], li.query_std, f"layer {layer.layer_number} query")
+        _check_std(qkv[:, q_rows:q_rows + head_dim], li.key_std, f"layer {layer.layer_number} key")
+        _check_std(qkv[:, q_rows + head_dim:], li.value_std, f"layer {layer.layer_number} value")
+        _check_std(layer.self_attention.linear_proj.weight, li.attn_proj_std, f"layer {layer.layer_number} proj")
+        _check_std(layer.mlp.linear_fc1.weight, li.fc1_std, f"layer {layer.layer_number} fc1")
+        _check_std(layer.mlp.linear_fc2.weight, li.fc2_std, f"layer {layer.layer_number} fc2")
+        assert qkv_row_std(li, cfg.num_attention_heads, groups, head_dim).numel() == qkv.shape[0] * qkv.shape[1]
+        checked += 6
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            assert torch.all(p == 0), name
+        elif "norm" in name:
+            assert torch.all(p == 1), name
+    return checked
+
+
+@pytest.mark.parametrize("kind", ["gpt", "bert"])
+def test_hand_table_std_per_group_and_layer(kind):
+    from megatron.dslm.models import build_bert_model, build_gpt_model
+
+    table = hand_table(LAYERS, std=0.05, per_layer=True, qkv=(0.04, 0.08, 0.12))
+    config = make_config(num_layers=LAYERS, hidden=HIDDEN, heads=HEADS)
+    build = build_gpt_model if kind == "gpt" else build_bert_model
+    model = build(config, table, vocab_size=512, max_sequence_length=128, seed=5)
+    assert check_model_against_table(model, table, kind) > 0
+
+
+def test_grouped_query_attention_rows():
+    from megatron.dslm.models import build_gpt_model
+
+    table = hand_table(2, std=0.05, qkv=(0.02, 0.1, 0.3))
+    config = make_config(num_layers=2, hidden=HIDDEN, heads=HEADS, num_query_groups=2)
+    model = build_gpt_model(config, table, vocab_size=512, max_sequence_length=64, seed=5)
+    check_model_against_table(model, table, "gpt")
+
+
+def _registry():
+    try:
+        return importlib.import_module("megatron.dslm.schemes.registry")
+    except ImportError:
+        return None
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("kind", ["gpt", "bert"])
+def test_scheme_std_per_group(scheme, kind):
+    """Each registered scheme's table is what the model gets (Q/K vs V, per layer where it varies)."""
+    registry = _registry()
+    if registry is None:
+        pytest.skip("megatron.dslm.schemes.registry not available yet")
+    from megatron.dslm.models import build_bert_model, build_gpt_model
+    from megatron.dslm.schemes.table import ModelArch
+
+    arch = ModelArch(num_layers=LAYERS, hidden_size=HIDDEN, num_attention_heads=HEADS, seq_length=64,
+                     vocab_size=512, model_type=kind, num_tokentypes=2 if kind == "bert" else 0,
+                     post_ln=(scheme == "deepnet"))
+    table = registry.build_init_table(scheme, arch)
+    config = make_config(num_layers=LAYERS, hidden=HIDDEN, heads=HEADS)
+    build = build_gpt_model if kind == "gpt" else build_bert_model
+    model = build(config, table, vocab_size=512, max_sequence_length=64, seed=5, post_ln=arch.post_ln)
+    check_model_against_table(model, table, kind)
+
+
+def test_key_seeded_and_no_global_rng():
+    from megatron.dslm.models import build_gpt_model
+    from megatron.dslm.weight_init import apply_init_table
+
+    table = hand_table(2)
+    config = make_config(num_layers=2)
+    a = build_gpt_model(config, table, vocab_size=64, max_sequence_length=16, seed=1)
+    b = build_gpt_model(config, table, vocab_size=64, max_sequence_length=16, seed=1)
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q), n
+    state = torch.get_rng_state()
+    apply_init_table(b, table, seed=2)
+    assert torch.equal(state, torch.get_rng_state()), "apply_init_table consumed the global RNG"
+    w_a = a.decoder.layers[0].mlp.linear_fc1.weight
+    w_b = b.decoder.layers[0].mlp.linear_fc1.weight
+    assert not torch.equal(w_a, w_b)
+    # layers get independent draws (the key is shared by the stacked layers; the layer index is in the seed)
+    assert not torch.equal(a.decoder.layers[0].mlp.linear_fc1.weight, a.decoder.layers[1].mlp.linear_fc1.weight)
+
+
+def test_gated_mlp_rejected_and_layer_count_checked():
+    from megatron.dslm.models import build_gpt_model
+
+    with pytest.raises(NotImplementedError, match="ShardedTensorFactory"):
+        build_gpt_model(make_config(num_layers=2, gated_linear_unit=True), hand_table(2), vocab_size=64,
+                        max_sequence_length=16)
+    with pytest.raises(ValueError, match="--num-layers"):
+        build_gpt_model(make_config(num_layers=2), hand_table(3), vocab_size=64, max_sequence_length=16)
+
+
+def _compare_full(ref: dict, other: dict, what: str) -> float:
+    assert ref.keys() == other.keys(), f"{what}: keys differ: {set(ref) ^ set(other)}"
+    worst = 0.0
+    for name in ref:
+        assert not torch.isnan(other[name]).any(), f"{what}: {name} has unfilled shards"
+        worst = max(worst, (ref[name] - other[name]).abs().max().item())
+    return worst
+
+
+@pytest.fixture(scope="module")
+def layout_dumps(tmp_path_factory):
+    """Full weights + one step's moments for TP1/PP1 (1 process), TP2 and PP2 (2 processes each)."""
+    out = tmp_path_factory.mktemp("layouts")
+    script = str(REPO_ROOT / "tests" / "dslm" / "scripts" / "dump_full_weights.py")
+    dumps = {}
+    # this pytest process already owns a process group: give the child its own rendezvous port
+    ref = run_python([script, "--out", str(out / "tp1.pt")], timeout=300,
+                     env={"MASTER_PORT": str(free_port()), "RANK": "0", "WORLD_SIZE": "1"})
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    dumps["tp1"] = torch.load(out / "tp1.pt", weights_only=False)
+    for name, flags in (("tp2", ["--tp", "2"]), ("pp2", ["--pp", "2"])):
+        proc = run_torchrun(2, [script, *flags, "--out", str(out / f"{name}.pt")], timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        dumps[name] = torch.load(out / f"{name}.pt", weights_only=False)
+    return dumps
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("layout", ["tp2", "pp2"])
+@pytest.mark.parametrize("kind", ["gpt", "bert"])
+def test_full_weights_equal_tp1(layout_dumps, layout, kind):
+    worst = _compare_full(layout_dumps["tp1"][f"{kind}_weights"], layout_dumps[layout][f"{kind}_weights"],
+                          f"{kind} {layout}")
+    assert worst == 0.0, f"{kind} {layout}: max abs weight diff {worst}"
