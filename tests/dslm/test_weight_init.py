@@ -12,7 +12,6 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
 
 from common import hand_table, make_config  # noqa: E402
-from helpers import REPO_ROOT, free_port, run_python, run_torchrun  # noqa: E402
 
 HIDDEN, HEADS, LAYERS = 64, 4, 3
 SCHEMES = ("megatron", "xavier", "dslm", "dslm-simplified", "deepnet", "dsinit")
@@ -20,9 +19,10 @@ SCHEMES = ("megatron", "xavier", "dslm", "dslm-simplified", "deepnet", "dsinit")
 
 @pytest.fixture(scope="module", autouse=True)
 def _dist():
-    from megatron.training.initialize import initialize_distributed
+    from megatron.training.initialize import initialize_distributed, set_random_seed
 
     initialize_distributed(1, 1)
+    set_random_seed(1)  # megatron's RNG tracker must hold its streams before any forward
     yield
 
 
@@ -164,20 +164,9 @@ def _compare_full(ref: dict, other: dict, what: str) -> float:
 
 @pytest.fixture(scope="module")
 def layout_dumps(tmp_path_factory):
-    """Full weights + one step's moments for TP1/PP1 (1 process), TP2 and PP2 (2 processes each)."""
-    out = tmp_path_factory.mktemp("layouts")
-    script = str(REPO_ROOT / "tests" / "dslm" / "scripts" / "dump_full_weights.py")
-    dumps = {}
-    # this pytest process already owns a process group: give the child its own rendezvous port
-    ref = run_python([script, "--out", str(out / "tp1.pt")], timeout=300,
-                     env={"MASTER_PORT": str(free_port()), "RANK": "0", "WORLD_SIZE": "1"})
-    assert ref.returncode == 0, ref.stderr[-3000:]
-    dumps["tp1"] = torch.load(out / "tp1.pt", weights_only=False)
-    for name, flags in (("tp2", ["--tp", "2"]), ("pp2", ["--pp", "2"])):
-        proc = run_torchrun(2, [script, *flags, "--out", str(out / f"{name}.pt")], timeout=300)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-        dumps[name] = torch.load(out / f"{name}.pt", weights_only=False)
-    return dumps
+    from common import layout_dumps as dumps
+
+    return dumps(tmp_path_factory)
 
 
 @pytest.mark.dist

@@ -51,3 +51,31 @@ def causal_inputs(batch: int, seq: int, vocab: int, seed: int = 0):
     position_ids = torch.arange(seq).unsqueeze(0).expand(batch, -1).contiguous()
     mask = torch.triu(torch.ones(seq, seq, dtype=torch.bool), diagonal=1)[None, None]
     return tokens, position_ids, mask
+
+
+_LAYOUT_DUMPS: dict = {}
+
+
+def layout_dumps(tmp_path_factory) -> dict:
+    """Full weights + one step's moments at TP1/PP1 (1 process), TP2 and PP2 (2 processes each).
+
+    Cached per pytest process: test_weight_init and test_observers share one set of runs.
+    """
+    if _LAYOUT_DUMPS:
+        return _LAYOUT_DUMPS
+    from helpers import REPO_ROOT, free_port, run_python, run_torchrun
+
+    out = tmp_path_factory.mktemp("layouts")
+    script = str(REPO_ROOT / "tests" / "dslm" / "scripts" / "dump_full_weights.py")
+    dumps = {}
+    # the pytest process may already own a process group: give the child its own rendezvous port
+    ref = run_python([script, "--out", str(out / "tp1.pt")], timeout=300,
+                     env={"MASTER_PORT": str(free_port()), "RANK": "0", "WORLD_SIZE": "1"})
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    dumps["tp1"] = torch.load(out / "tp1.pt", weights_only=False)
+    for name, flags in (("tp2", ["--tp", "2"]), ("pp2", ["--pp", "2"])):
+        proc = run_torchrun(2, [script, *flags, "--out", str(out / f"{name}.pt")], timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        dumps[name] = torch.load(out / f"{name}.pt", weights_only=False)
+    _LAYOUT_DUMPS.update(dumps)
+    return _LAYOUT_DUMPS
