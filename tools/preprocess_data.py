@@ -20,6 +20,8 @@ import sys
 import time
 import warnings
 
+import numpy
+
 # megatron-core warns once per optional GPU library at import; irrelevant to preprocessing.
 warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
 
@@ -74,6 +76,7 @@ _worker = {}
 
 
 def _init_worker(args):
+    from megatron.core.datasets.indexed_dataset import DType
     from megatron.training.tokenizers import build_tokenizer
     from megatron.training.tokenizers.sentences import build_sentence_splitter
 
@@ -85,6 +88,7 @@ def _init_worker(args):
                         if args.split_sentences else None)
     _worker["keys"] = args.json_keys
     _worker["append_eod"] = args.append_eod
+    _worker["dtype"] = DType.optimal_dtype(_worker["tokenizer"].vocab_size)
 
 
 def _encode_line(item):
@@ -107,7 +111,9 @@ def _encode_line(item):
         sentences = [ids for ids in (tok.tokenize(s) for s in pieces) if ids]
         if sentences and _worker["append_eod"]:
             sentences[-1].append(tok.eod)
-        out[key] = sentences
+        # one flat array per document pickles far faster than nested lists
+        flat = numpy.fromiter((i for ids in sentences for i in ids), dtype=_worker["dtype"])
+        out[key] = (flat, [len(ids) for ids in sentences])
     return lineno, len(raw), out, None
 
 
@@ -145,29 +151,19 @@ def _encode_partition(args, first, last, builders, stats, pool):
                 raise PreprocessError(f"{args.input}:{lineno}: {error} (--strict)")
             stats.bad.append((lineno, error))
             continue
-        if all(not s for s in encoded.values()):
+        if all(not lengths for _, lengths in encoded.values()):
             stats.empty += 1
             continue
-        for key, sentences in encoded.items():
-            if not sentences:
-                # keep documents aligned across keys: an empty field still ends a document
-                builders[key].end_document()
-                continue
-            for ids in sentences:
-                builders[key].add_item(_as_tensor(ids))
-                stats.tokens += len(ids)
-            builders[key].end_document()
-            stats.sentences += len(sentences)
+        for key, (flat, lengths) in encoded.items():
+            # an empty field still ends a document, keeping the keys' documents aligned
+            builders[key].add_document(flat, lengths)
+            stats.tokens += len(flat)
+            stats.sentences += len(lengths)
         stats.docs += 1
         if stats.docs % args.log_interval == 0:
             docs_s, mb_s = stats.rates()
             print(f"Processed {stats.docs} documents ({docs_s:.1f} docs/s, {mb_s:.2f} MB/s).",
                   file=sys.stderr, flush=True)
-
-
-def _as_tensor(ids):
-    import torch
-    return torch.tensor(ids, dtype=torch.int64)
 
 
 def _count_lines(path):
@@ -176,7 +172,6 @@ def _count_lines(path):
 
 
 def run(args):
-    import numpy
     from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
     from megatron.training.tokenizers import TokenizerError, build_tokenizer
 
