@@ -1,0 +1,58 @@
+"""Hand-written finetuning fixtures (tiny vocab, MNLI TSV, RACE JSON) so the task tests need no ../shared."""
+
+import json
+import random
+from pathlib import Path
+
+WORDS = ("the cat dog bird sat ran flew on a mat tree sky yes no maybe it is was not true false "
+         "which one story best fits what did do sees red blue green small big").split()
+VOCAB = ["[PAD]"] + [f"[unused{i}]" for i in range(3)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"] + \
+    list(".,?!_") + WORDS + ["##s", "##ed", "##ing"]
+
+MNLI_HEADER = ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t"
+               "sentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label")
+# The hypothesis' keyword decides the label: learnable by a tiny model in a few dozen steps.
+KEYWORD = {"entailment": "yes", "contradiction": "no", "neutral": "maybe"}
+
+
+def write_vocab(folder: Path) -> Path:
+    path = folder / "vocab.txt"
+    path.write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
+    return path
+
+
+def _sentence(rng, n):
+    return " ".join(rng.choice(WORDS[:12]) for _ in range(n))
+
+
+def write_mnli(path: Path, rows: int, seed: int, bad_rows: bool = False) -> Path:
+    rng = random.Random(seed)
+    lines = [MNLI_HEADER]
+    for i in range(rows):
+        label = rng.choice(sorted(KEYWORD))
+        premise = _sentence(rng, rng.randint(4, 9)) + " ."
+        hypothesis = f"{_sentence(rng, 2)} {KEYWORD[label]} {_sentence(rng, 2)} ."
+        lines.append("\t".join([str(i), str(i), f"{i}x", "fixture", "", "", "", "", premise, hypothesis,
+                                label, label]))
+    if bad_rows:
+        lines.append("too\tfew\tcolumns")
+        lines.append("\t".join(["99", "99", "99x", "fixture", "", "", "", "", "a cat .", "a dog .", "-", "-"]))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_race(folder: Path, items: int, seed: int) -> Path:
+    """RACE layout: <folder>/middle/*.txt, one JSON object each; the right option repeats the article's colour."""
+    rng = random.Random(seed)
+    colours = ["red", "blue", "green", "small"]
+    (folder / "middle").mkdir(parents=True, exist_ok=True)
+    for i in range(items):
+        answer = rng.randrange(4)
+        colour = rng.choice(colours)
+        options = [c for c in colours if c != colour]
+        rng.shuffle(options)
+        options.insert(answer, colour)
+        record = {"id": f"f{i}.txt", "article": f"the {rng.choice(['cat', 'dog', 'bird'])} is {colour} .",
+                  "questions": ["what is it ?"], "options": [options], "answers": ["ABCD"[answer]]}
+        (folder / "middle" / f"f{i}.txt").write_text(json.dumps(record), encoding="utf-8")
+    return folder
