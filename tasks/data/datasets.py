@@ -52,13 +52,26 @@ def encode_pair(tokenizer, a: Text, b: Optional[Text], seq_length: int
     return out_ids, out_types, mask
 
 
+def _tokenize_all(tokenizer, texts) -> dict:
+    """text -> ids for every distinct text (a RACE article is shared by all its questions' options:
+    tokenized once). Not `encode_batch`: its thread pool was slower on our busy 2-core machines."""
+    unique = dict.fromkeys(t for t in texts if t is not None)
+    return {t: tokenizer.tokenize(t) for t in unique}
+
+
+def _labels(examples) -> numpy.ndarray:
+    return numpy.array([-1 if e.label is None else e.label for e in examples], dtype=numpy.int64)
+
+
 class ClassificationDataset(torch.utils.data.Dataset):
     """Sentence pairs (ClassificationExample) encoded once, up front."""
 
     def __init__(self, examples, tokenizer, seq_length: int):
         self.uids = [e.uid for e in examples]
-        self.labels = numpy.array([-1 if e.label is None else e.label for e in examples], dtype=numpy.int64)
-        enc = [encode_pair(tokenizer, e.text_a, e.text_b, seq_length) for e in examples]
+        self.labels = _labels(examples)
+        ids = _tokenize_all(tokenizer, [t for e in examples for t in (e.text_a, e.text_b)])
+        enc = [encode_pair(tokenizer, ids[e.text_a], None if e.text_b is None else ids[e.text_b],
+                           seq_length) for e in examples]
         shape = (len(enc), seq_length)
         self.text, self.types, self.padding_mask = (
             numpy.stack([x[k] for x in enc]) if enc else numpy.zeros(shape, numpy.int64) for k in range(3))
@@ -76,14 +89,15 @@ class MultipleChoiceDataset(ClassificationDataset):
 
     def __init__(self, examples, tokenizer, seq_length: int):
         self.uids = [e.uid for e in examples]
-        self.labels = numpy.array([-1 if e.label is None else e.label for e in examples], dtype=numpy.int64)
+        self.labels = _labels(examples)
+        ids = _tokenize_all(tokenizer, [t for e in examples for pair in e.choices for t in pair])
         n_choices = {len(e.choices) for e in examples}
         if len(n_choices) > 1:
             raise ValueError(f"examples have different numbers of choices: {sorted(n_choices)}")
         k = n_choices.pop() if n_choices else 4
         arrays = [[], [], []]
         for e in examples:
-            enc = [encode_pair(tokenizer, a, b, seq_length) for a, b in e.choices]
+            enc = [encode_pair(tokenizer, ids[a], ids[b], seq_length) for a, b in e.choices]
             for j in range(3):
                 arrays[j].append(numpy.stack([x[j] for x in enc]))
         shape = (0, k, seq_length)
