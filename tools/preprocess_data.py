@@ -107,8 +107,11 @@ def _encode_line(item):
         if not isinstance(text, str):
             why = "missing" if key not in obj else f"a {type(text).__name__}, not a string"
             return lineno, len(raw), None, f"key {key!r} is {why}"
-        pieces = split(text) if split is not None else [text]
-        sentences = [ids for ids in (tok.tokenize(s) for s in pieces) if ids]
+        try:
+            pieces = split(text) if split is not None else [text]
+            sentences = [ids for ids in (tok.tokenize(s) for s in pieces) if ids]
+        except ValueError as exc:  # e.g. NullTokenizer given words, not ids
+            return lineno, len(raw), None, f"key {key!r} could not be tokenized: {exc}"
         if sentences and _worker["append_eod"]:
             sentences[-1].append(tok.eod)
         # one flat array per document pickles far faster than nested lists

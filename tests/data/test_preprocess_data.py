@@ -156,6 +156,16 @@ def test_empty_input(preprocess, gpt2_files, tmp_path, capsys, content):
     assert _outputs(tmp_path) == []
 
 
+def test_untokenizable_text_is_a_malformed_line(preprocess, tmp_path, capsys):
+    inp = tmp_path / "ids.jsonl"
+    inp.write_text('{"text": "1 2 3"}\n{"text": "one two"}\n{"text": "4 5"}\n')
+    assert preprocess.main(["--input", str(inp), "--output-prefix", str(tmp_path / "n"),
+                            "--tokenizer-type", "NullTokenizer", "--vocab-size", "10"]) == 0
+    assert "line 2: key 'text' could not be tokenized" in capsys.readouterr().err
+    ds = open_indexed_dataset(str(tmp_path / "n_text_document"), vocab_size=11)
+    assert [d[0] for d in _docs(ds)] == [[1, 2, 3], [4, 5]]
+
+
 def test_only_malformed_lines(preprocess, gpt2_files, tmp_path, capsys):
     inp = tmp_path / "junk.jsonl"
     inp.write_text("not json\nstill not\n")
