@@ -5,8 +5,9 @@ Derivation of the backward pass (near-uniform attention at init, logits with var
 r across keys, e = exp((1 - r) s) the softmax's second-moment inflation, p = attention dropout). With
 P the probabilities, P~ = P * mask / (1 - p), O = P~ V, G = dL/dO:
 
-* value path: dV_j = sum_i P~_ij G_i. Diagonal terms give e / ((1 - p) n) per row of n keys, off-diagonal
-  ones r_g: Var = sigma_g^2 [e A1 / (1 - p) + r_g B2], then W_V^T multiplies by d_k sigma_v^2.
+* value path: dV_j = sum_i P~_ij G_i. Diagonal terms give E[sum_j P_ij^2] / (1 - p) per row, off-diagonal
+  ones r_g B2 exp(r (1 - r) s) (column sums of P fluctuate with the key), then W_V^T multiplies by
+  d_k sigma_v^2.
 * softmax: dS_ij = P_ij (dP_ij - sum_k P_ik dP_ik), dP_ij = G_i . v~_j. The centred v~_j has per-element
   variance sigma_v'^2 (1 / (1 - p) - r) (dropout decorrelates what the shared token mean would cancel).
 * query path: dQ_i = sum_j dS_ij K_j / sqrt(d_k); since sum_j dS_ij = 0 only the centred keys, variance
@@ -195,7 +196,10 @@ def single_head_attention_backward(
     h = _head_inputs(x, hidden_size, query_std, key_std, value_std, seq_length, causal)
     keep = 1.0 - attention_dropout
     r, r_g, s = h.corr, grad.corr, h.stats
-    value_path = head_dim * value_std**2 * grad.var * (s.sum_sq / keep + r_g * s.col_cross)
+    # Two queries i, i' see key j through logits sharing k_j: their centred logits covary by
+    # r (1 - r) s, so column sums of P fluctuate and the correlated gradient adds up more coherently.
+    column_inflation = math.exp(min(50.0, r * (1.0 - r) * h.logit_var))
+    value_path = head_dim * value_std**2 * grad.var * (s.sum_sq / keep + r_g * s.col_cross * column_inflation)
     value_cov = head_dim * value_std**2 * grad.var * (s.col_pair_diag + r_g * s.col_pair_cross)
     if value_path_only:
         return grad_from_cov(value_path, value_cov)

@@ -127,13 +127,21 @@ def _post_ln_sublayer(x, layer, arch, branch, lambda_, beta):
     return SublayerTrace(x, x, out, merged, lambda_, beta), layernorm(merged, arch.hidden_size)
 
 
-def _post_ln_sublayer_backward(grad, trace: SublayerTrace, layer, arch, branch_backward) -> GradMoments:
-    # The residual gradient below a LayerNorm is already orthogonal to the directions the next one
-    # removes, except for the part the branch added (share beta^2 var_F / var_merged).
-    branch_share = trace.beta**2 * trace.branch_out.var / trace.merged.var
-    g = layernorm_backward(grad, trace.merged, arch.hidden_size, projected_share=branch_share)
+def _post_ln_sublayer_backward(grad, fresh_share, trace: SublayerTrace, layer, arch, branch_backward):
+    """Backward through LN(lambda x + beta F(x)); also returns the share of dL/dx born in the branch.
+
+    The LayerNorm Jacobian removes the all-ones and normalised-input directions, 1/d of the variance
+    each for a gradient independent of them (the branch-born share ``fresh_share``). The skip-born rest
+    is already orthogonal to the LayerNorm above and to ones; of the input direction it only carries
+    what the branch above added, beta^2 var_F / (lambda^2 var_x) of 1/d.
+    """
+    along = getattr(trace, "along_share_above", 0.0)
+    removed = 2.0 * fresh_share + along * (1.0 - fresh_share)
+    g = layernorm_backward(grad, trace.merged, arch.hidden_size, projected_share=removed / 2.0)
     g_branch = branch_backward(g, trace.branch_in, layer, arch)
-    return residual_merge_backward(g, g_branch, trace.lambda_, trace.beta)
+    merged = residual_merge_backward(g, g_branch, trace.lambda_, trace.beta)
+    branch_part = trace.beta**2 * g_branch.var
+    return merged, branch_part / merged.var if merged.var > 0 else 1.0
 
 
 def post_ln_layer(x: Moments, layer: LayerInit, arch: ModelArch) -> LayerTrace:
@@ -144,6 +152,26 @@ def post_ln_layer(x: Moments, layer: LayerInit, arch: ModelArch) -> LayerTrace:
     return LayerTrace(attn, mlp, logit_var, out)
 
 
-def post_ln_layer_backward(grad: GradMoments, trace: LayerTrace, layer: LayerInit, arch: ModelArch) -> GradMoments:
-    g = _post_ln_sublayer_backward(grad, trace.mlp, layer, arch, _mlp_branch_backward)
-    return _post_ln_sublayer_backward(g, trace.attn, layer, arch, _attention_branch_backward)
+def post_ln_layer_backward(
+    grad: GradMoments, trace: LayerTrace, layer: LayerInit, arch: ModelArch, fresh_share: float = 1.0,
+    along_share: float = 0.0,
+):
+    """Gradient below the layer. ``fresh_share`` / ``along_share`` describe ``grad`` (see the sublayer
+    backward); returns (gradient, fresh share, along share) for the layer below."""
+    g, fresh = _post_ln_sublayer_backward(grad, fresh_share, _with_along(trace.mlp, along_share), layer, arch, _mlp_branch_backward)
+    g, fresh = _post_ln_sublayer_backward(g, fresh, _with_along(trace.attn, _along(trace.mlp)), layer, arch, _attention_branch_backward)
+    return g, fresh, _along(trace.attn)
+
+
+def _along(trace: SublayerTrace) -> float:
+    """How much of a skip-born gradient lies along this sublayer's input direction, in units of 1/d."""
+    return trace.beta**2 * trace.branch_out.var / (trace.lambda_**2 * trace.x.var)
+
+
+def _with_along(trace: SublayerTrace, along: float) -> SublayerTrace:
+    return _AlongTrace(**{f: getattr(trace, f) for f in SublayerTrace.__dataclass_fields__}, along_share_above=along)
+
+
+@dataclass(frozen=True)
+class _AlongTrace(SublayerTrace):
+    along_share_above: float = 0.0

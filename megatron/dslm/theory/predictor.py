@@ -90,9 +90,13 @@ def predict_profile(
         x = trace.out
     grads = [None] * arch.num_layers
     g = GradMoments(top_grad_var, top_grad_corr)
+    fresh, along = 1.0, 0.0  # Post-LN bookkeeping: the top gradient is independent of the activations
     for idx in range(arch.num_layers - 1, -1, -1):
         grads[idx] = g
-        g = backward(g, traces[idx], table.layers[idx], arch)
+        if arch.post_ln:
+            g, fresh, along = backward(g, traces[idx], table.layers[idx], arch, fresh, along)
+        else:
+            g = backward(g, traces[idx], table.layers[idx], arch)
     layers = tuple(
         LayerProfile(
             layer_number=idx + 1,
