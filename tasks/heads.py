@@ -105,6 +105,18 @@ class BertWithHead(nn.Module):
             return hidden
         return self.task_head(bert.pooler(hidden, 0))
 
+    def load_state_dict(self, state_dict, strict: bool = True):
+        """Accept the checkpoint's flat keys (``embedding.*``, ``task_head.*``), as ``sharded_state_dict`` names them."""
+        head_prefix = "task_head."
+        head = {k[len(head_prefix):]: v for k, v in state_dict.items() if k.startswith(head_prefix)}
+        body = {k: v for k, v in state_dict.items() if not k.startswith(head_prefix)}
+        result = self.bert.load_state_dict(body, strict=strict)
+        if self.task_head is not None:
+            head_result = self.task_head.load_state_dict(head, strict=strict)
+            result.missing_keys.extend(head_prefix + k for k in head_result.missing_keys)
+            result.unexpected_keys.extend(head_prefix + k for k in head_result.unexpected_keys)
+        return result
+
     def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata=None):
         from megatron.core.transformer.utils import make_sharded_tensors_for_checkpoint
 
