@@ -22,12 +22,18 @@ class IndexedDataError(ValueError):
     """An indexed dataset is missing, truncated, corrupt, or does not fit the tokenizer."""
 
 
+# Enough to catch data made with another tokenizer (its ids overflow everywhere) while keeping
+# the check well under a second on multi-hundred-GB corpora.
+MAX_SCANNED_TOKENS = 1 << 26
+
+
 def validate_indexed_dataset(prefix: str, vocab_size: Optional[int] = None,
-                             multimodal: bool = False) -> dict:
+                             multimodal: bool = False,
+                             max_scanned_tokens: int = MAX_SCANNED_TOKENS) -> dict:
     """Check `prefix.idx`/`prefix.bin`; return {'sequences', 'documents', 'tokens', 'dtype'}.
 
-    With `vocab_size`, also scan the tokens and reject ids >= vocab_size (data preprocessed
-    with another tokenizer than the one training uses).
+    With `vocab_size`, also scan the first `max_scanned_tokens` tokens and reject ids >=
+    vocab_size (data preprocessed with another tokenizer than the one training uses).
     """
     idx_path, bin_path = prefix + ".idx", prefix + ".bin"
     for path in (idx_path, bin_path):
@@ -77,7 +83,7 @@ def validate_indexed_dataset(prefix: str, vocab_size: Optional[int] = None,
             f"{bin_path}: {bin_size} bytes, but {idx_path} describes {tokens} tokens of "
             f"{itemsize} bytes ({tokens * itemsize}); .bin and .idx do not belong together")
     if vocab_size is not None and tokens:
-        top = int(numpy.memmap(bin_path, mode="r", dtype=dtype).max())
+        top = int(numpy.memmap(bin_path, mode="r", dtype=dtype)[:max_scanned_tokens].max())
         if top >= vocab_size:
             raise IndexedDataError(
                 f"{bin_path}: token id {top} >= vocabulary size {vocab_size}; the data was "
