@@ -136,6 +136,21 @@ def measure_profile(arch, scheme, batches, vocab, seed, device):
     return records, table
 
 
+def average_records(runs):
+    """Field-wise mean over seeds of per-layer records (each seed is a fresh draw of every weight)."""
+    if len(runs) == 1:
+        return runs[0]
+    out = []
+    for per_layer in zip(*runs):
+        rec = {"layer": per_layer[0]["layer"]}
+        for key in per_layer[0]:
+            if key != "layer":
+                values = [r[key] for r in per_layer if key in r]
+                rec[key] = max(values) if key == "attn_logit_max" else sum(values) / len(values)
+        out.append(rec)
+    return out
+
+
 def predicted(arch, table, records):
     from plot_moments import predicted_columns
 
@@ -168,6 +183,7 @@ def main(argv=None):
     ap.add_argument("--schemes", default="xavier,dslm")
     ap.add_argument("--dslm-k", type=float, default=1.0, help="β² = k/N")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--seeds", type=int, default=1, help="average the per-layer moments over this many seeds")
     ap.add_argument("--data-path", default=DEFAULT_DATA, help="loose JSON with a 'text' key")
     ap.add_argument("--vocab-file", default=DEFAULT_VOCAB)
     ap.add_argument("--mock-data", action="store_true", help="random token ids (violates DSLM's r0 premise)")
@@ -218,7 +234,11 @@ def main(argv=None):
             arch = dataclasses.replace(base, embedding_corr=max(r0, 1e-4), post_ln=post_ln)
             ln = "postln" if post_ln else "preln"
             t = time.time()
-            records, table = measure_profile(arch, scheme, batches, vocab, args.seed, device)
+            runs = []
+            for k in range(args.seeds):
+                records, table = measure_profile(arch, scheme, batches, vocab, args.seed + k, device)
+                runs.append(records)
+            records = average_records(runs)
             pred = predicted(arch, table, records)
             name = f"{scheme}_{ln}"
             with open(os.path.join(args.out_dir, f"{name}_moments.jsonl"), "w", encoding="utf-8") as fh:
@@ -243,7 +263,8 @@ def main(argv=None):
             print(f"[{name}] " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                            for k, v in info.items()), flush=True)
             width = f"{args.num_layers}x{args.hidden_size}"
-            panels = [("forward_var", "forward variance", True), ("grad_var", "gradient variance", True)]
+            # forward variance on a linear axis: Pre-LN growth is linear in depth (theory.md, "Blocks")
+            panels = [("forward_var", "forward variance", False), ("grad_var", "gradient variance", True)]
             if post_ln:
                 panels = [("grad_var", "gradient variance", True), ("pre_norm_var", "variance before LN", True)]
             for key, label, log in panels:

@@ -82,3 +82,75 @@ def test_bert_builds_with_heads_and_loss():
     loss, binary = model(tokens, torch.ones(2, 8, dtype=torch.long), tokentype_ids=torch.zeros_like(tokens),
                          lm_labels=tokens)
     assert loss.shape == (2, 8) and binary.shape == (2, 2) and torch.isfinite(loss).all()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Profiles at init on real text (issue 4 "Must show"): slow, they build 48- and 192-layer models.
+
+
+def _run_figures(tmp_path, *flags):
+    from helpers import run_python, require_shared_data
+
+    corpus = require_shared_data("corpus", "wiki-sample.jsonl")
+    vocab = require_shared_data("vocab", "bert-base-uncased-vocab.txt")
+    out = tmp_path / "figs"
+    proc = run_python(["scripts/signal_propagation_figures.py", "--data-path", str(corpus), "--vocab-file",
+                       str(vocab), "--out-dir", str(out), *flags], timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    import json
+
+    summary = json.loads((out / "signal_propagation_summary.json").read_text())
+    return out, summary
+
+
+def _per_layer_ratio(out, name, scheme, summary, key):
+    import json
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "scripts"))
+    from plot_moments import predicted_columns
+
+    from megatron.dslm.schemes.table import ModelArch
+
+    cfg = summary["config"]
+    records = [json.loads(line) for line in (out / f"{name}_moments.jsonl").read_text().splitlines()]
+    arch = ModelArch(num_layers=cfg["num_layers"], hidden_size=cfg["hidden_size"],
+                     num_attention_heads=cfg["num_attention_heads"], seq_length=cfg["seq_length"],
+                     vocab_size=30592, hidden_dropout=cfg["hidden_dropout"],
+                     attention_dropout=cfg["attention_dropout"], activation=cfg["activation"], model_type="bert",
+                     num_tokentypes=2, embedding_corr=summary["runs"][name]["r0"], post_ln=name.endswith("postln"))
+    pred = predicted_columns(arch, scheme, records[-1]["grad_var"])
+    return {r["layer"]: r[key] / p for r, p in zip(records, pred[key]) if r["layer"] >= 1}
+
+
+@pytest.mark.slow
+def test_profiles_match_theory_48_layers(tmp_path):
+    """48 x 256 BERT on the sample corpus, 4 seeds: measured forward/grad variance vs the predictor."""
+    out, summary = _run_figures(tmp_path, "--num-layers", "48", "--hidden-size", "256", "--num-batches", "2",
+                                "--seeds", "4")
+    for scheme in ("xavier", "dslm"):
+        fwd = _per_layer_ratio(out, f"{scheme}_preln", scheme, summary, "forward_var")
+        grad = _per_layer_ratio(out, f"{scheme}_preln", scheme, summary, "grad_var")
+        assert all(abs(r - 1) <= 0.15 for r in fwd.values()), (scheme, fwd)
+        if scheme == "dslm":
+            assert all(abs(r - 1) <= 0.15 for r in grad.values()), (scheme, grad)
+        else:
+            # Known gap (reported in docs): xavier's gradient at layers 1-3, where the input variance is still
+            # far below the branch variance, is measured 15-45% above the predictor; from layer 4 on it agrees.
+            assert all(abs(r - 1) <= 0.15 for l, r in grad.items() if l >= 4), (scheme, grad)
+            assert all(abs(r - 1) <= 0.6 for r in grad.values()), (scheme, grad)
+    runs = summary["runs"]
+    assert runs["xavier_preln"]["forward_var_last_layer"] >= 50 * runs["xavier_preln"]["forward_var_first_layer"]
+
+
+@pytest.mark.slow
+def test_dslm_flat_at_192_layers(tmp_path):
+    """192 x 128 BERT on real text: DSLM Pre-LN forward variance and Post-LN variance before each LN in
+    [0.8, 1.25] at every layer; xavier Pre-LN last layer >= 50x the first."""
+    out, summary = _run_figures(tmp_path)
+    runs = summary["runs"]
+    assert 0.8 <= runs["dslm_preln"]["forward_var_min"] and runs["dslm_preln"]["forward_var_max"] <= 1.25
+    assert 0.8 <= runs["dslm_postln"]["pre_norm_var_min"] and runs["dslm_postln"]["pre_norm_var_max"] <= 1.25
+    assert runs["xavier_preln"]["forward_var_last_layer"] >= 50 * runs["xavier_preln"]["forward_var_first_layer"]
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(
+        f"{s}_{k}.png" for s in ("xavier", "dslm")
+        for k in ("preln_forward_var", "preln_grad_var", "postln_grad_var", "postln_pre_norm_var"))
