@@ -169,9 +169,13 @@ def _encode_partition(args, first, last, builders, stats, pool):
                   file=sys.stderr, flush=True)
 
 
-def _count_lines(path):
+def _scan_lines(path):
+    """(number of lines, whether any is non-blank) in one pass."""
+    n, content = 0, False
     with open(path, "rb") as f:
-        return sum(1 for _ in f)
+        for n, raw in enumerate(f, 1):
+            content = content or bool(raw.strip())
+    return n, content
 
 
 def run(args):
@@ -180,8 +184,8 @@ def run(args):
 
     if not os.path.isfile(args.input):
         raise PreprocessError(f"input file not found: {args.input}")
-    n_lines = _count_lines(args.input)
-    if os.path.getsize(args.input) == 0 or not any(True for _ in _numbered_lines(args.input, 0, n_lines)):
+    n_lines, has_content = _scan_lines(args.input)
+    if not has_content:
         raise PreprocessError(f"input file {args.input} is empty: no documents to preprocess")
     try:
         tokenizer = build_tokenizer(args.tokenizer_type, vocab_file=args.vocab_file,
