@@ -30,7 +30,7 @@ def build_sentence_splitter(lang: str = "english", keep_newlines: bool = False) 
             if keep_newlines:
                 nxt = bounds[k + 1][0] if k + 1 < len(bounds) else len(text)
                 gap = text[end:nxt]
-                end += len(gap) - len(gap.lstrip("\n")) if gap.startswith("\n") else 0
+                end += len(gap) - len(gap.lstrip("\n"))  # the newlines right after the sentence
             piece = text[start:end]
             if piece.strip():
                 sentences.append(piece)
