@@ -89,13 +89,15 @@ def test_bert_builds_with_heads_and_loss():
 
 
 def _run_figures(tmp_path, *flags):
-    from helpers import run_python, require_shared_data
+    from helpers import free_port, require_shared_data, run_python
 
     corpus = require_shared_data("corpus", "wiki-sample.jsonl")
     vocab = require_shared_data("vocab", "bert-base-uncased-vocab.txt")
     out = tmp_path / "figs"
     proc = run_python(["scripts/signal_propagation_figures.py", "--data-path", str(corpus), "--vocab-file",
-                       str(vocab), "--out-dir", str(out), *flags], timeout=1500)
+                       str(vocab), "--out-dir", str(out), *flags], timeout=1500,
+                      # this pytest process owns a process group already: the child needs its own port
+                      env={"MASTER_PORT": str(free_port()), "RANK": "0", "WORLD_SIZE": "1"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     import json
 
