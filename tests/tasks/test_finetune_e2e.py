@@ -70,6 +70,7 @@ def test_resume_continues_exactly(tmp_path):
     assert list((tmp_path / "b").glob("iter_0000012")), "--keep-last keeps the last checkpoint"
 
 
+@pytest.mark.slow
 @pytest.mark.dist
 def test_tp2_finetune_matches_tp1(mnli, tmp_path):
     vocab, train, dev = mnli
