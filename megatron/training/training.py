@@ -196,7 +196,7 @@ def build_data_iterator(dataset, consumed_samples: int, args, cyclic: bool = Fal
 def num_samples_per_split(args):
     gbs = args.global_batch_size
     evals = (args.train_iters // args.eval_interval + 1) * args.eval_iters if args.eval_iters else 0
-    return [args.train_iters * gbs, evals * gbs, args.eval_iters * gbs]
+    return [args.train_iters * gbs, evals * gbs, 0]  # the test split is never evaluated during pretraining
 
 
 # --------------------------------------------------------------------------------------------- steps
