@@ -137,7 +137,10 @@ def _post_ln_sublayer_backward(grad, fresh_share, trace: SublayerTrace, layer, a
     """
     along = getattr(trace, "along_share_above", 0.0)
     removed = 2.0 * fresh_share + along * (1.0 - fresh_share)
-    g = layernorm_backward(grad, trace.merged, arch.hidden_size, projected_share=removed / 2.0)
+    pinned = trace.lambda_**2 * trace.x.var / trace.merged.var  # the normalised skip has exact per-token variance
+    g = layernorm_backward(
+        grad, trace.merged, arch.hidden_size, projected_share=removed / 2.0, fresh_input_share=1.0 - pinned
+    )
     g_branch = branch_backward(g, trace.branch_in, layer, arch)
     merged = residual_merge_backward(g, g_branch, trace.lambda_, trace.beta)
     branch_part = trace.beta**2 * g_branch.var

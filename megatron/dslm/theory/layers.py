@@ -33,16 +33,25 @@ def layernorm(x: Moments, hidden_size: int, gamma: float = 1.0, beta: float = 0.
 
 
 def layernorm_backward(
-    grad: GradMoments, x: Moments, hidden_size: int, gamma: float = 1.0, projected_share: float = 1.0
+    grad: GradMoments,
+    x: Moments,
+    hidden_size: int,
+    gamma: float = 1.0,
+    projected_share: float = 1.0,
+    fresh_input_share: float = 1.0,
 ) -> GradMoments:
     """Gradient through LayerNorm: divided by the input variance, minus the two removed directions.
 
-    The Jacobian projects out the all-ones direction and the normalised input y, each taking 1/d of an
-    independent gradient's variance. ``projected_share`` (0..1) is the share of the gradient that is still
-    independent of those directions (1 for a standalone LayerNorm; smaller in a Post-LN stack whose
-    residual gradient was already projected by the previous LayerNorm).
+    The Jacobian is P / sigma_hat with P projecting out the all-ones direction and the normalised input,
+    each taking 1/d of a gradient independent of them. ``projected_share`` (0..1) is the share of the
+    gradient still independent of those directions (1 standalone; smaller in a Post-LN stack whose skip
+    gradient the LayerNorm above already projected). The per-token sigma_hat^2 is a (d-1)-dof sample
+    variance, so E[1 / sigma_hat^2] = (d-1)/(d-3) / var for a Gaussian input (Jensen); ``fresh_input_share``
+    scales that for inputs whose per-token variance is partly pinned (a normalised Post-LN skip stream).
+    The two 1/d effects cancel to O(1/d^2) for a standalone LayerNorm.
     """
-    keep = 1.0 - 2.0 * projected_share / hidden_size
+    d = hidden_size
+    keep = (1.0 - 2.0 * projected_share / d) * (1.0 + 2.0 * fresh_input_share / max(d - 3.0, 1.0))
     return GradMoments(grad.var * gamma**2 * keep / x.var, grad.corr)
 
 
