@@ -27,6 +27,10 @@ from megatron.training.global_vars import get_args, get_tokenizer, print_rank_0
 from megatron.training.validate import ConfigError
 
 _BATCH_KEYS = ("text", "types", "padding_mask", "label", "index")
+# Flags that fix the shape or wiring of the pretrained body: finetuning must repeat them.
+_SHAPE_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "kv_channels",
+                "max_position_embeddings", "num_tokentypes", "padded_vocab_size",
+                "apply_residual_connection_post_layernorm", "activation")
 
 
 @dataclass(frozen=True)
@@ -88,12 +92,24 @@ def load_pretrained(model_chunks, load_dir: str) -> int:
     if iteration is None:
         raise FileNotFoundError(f"--pretrained-checkpoint {load_dir}: no {checkpointing.TRACKER_FILE} there")
     path = checkpointing.checkpoint_dir(load_dir, iteration)
+    saved_args = checkpointing.load_args_from_checkpoint(load_dir)
+    args = get_args()
+    mismatched = [f"--{k.replace('_', '-')} {getattr(args, k)} (pretrained: {saved_args[k]})" for k in _SHAPE_FLAGS
+                  if k in saved_args and saved_args[k] != getattr(args, k, None)]
+    if mismatched:
+        raise ConfigError(f"the model flags differ from the pretraining run in {load_dir}: " + ", ".join(mismatched))
     model = checkpointing.unwrap_model(model_chunks[0])
     body = {k: v for k, v in model.sharded_state_dict().items() if not k.startswith("task_head.")}
+    # Pretrained with --bert-no-binary-head: no pooler in the checkpoint; it keeps its init-table weights.
+    saved_keys = dist_checkpointing.load_tensors_metadata(path).keys()
+    fresh_pooler = not any(k.startswith("pooler.") for k in saved_keys)
+    if fresh_pooler:
+        body = {k: v for k, v in body.items() if not k.startswith("pooler.")}
+        print_rank_0("> the pretrained checkpoint has no pooler (--bert-no-binary-head): pooler starts from init")
     with torch.no_grad():
         loaded = dist_checkpointing.load({"model": body}, path)["model"]
     missing, _ = model.bert.load_state_dict(loaded, strict=False)
-    missing = [k for k in missing if not k.endswith("_extra_state")]
+    missing = [k for k in missing if not k.endswith("_extra_state") and not (fresh_pooler and k.startswith("pooler."))]
     if missing:
         raise RuntimeError(f"pretrained checkpoint {path} lacks {missing}")
     print_rank_0(f"> loaded pretrained BERT from {path} (pretraining iteration {iteration})")
@@ -257,6 +273,8 @@ def finetune(spec: TaskSpec, args=None) -> dict:
 
     args = args or get_args()
     tokenizer = get_tokenizer()
+    if args.lr is None:
+        raise ConfigError("--lr is required")
     if args.pipeline_model_parallel_size > 1:
         raise ConfigError("finetuning supports tensor and data parallelism; use --pipeline-model-parallel-size 1 "
                           "(a pipeline-parallel pretraining checkpoint loads at PP=1)")
