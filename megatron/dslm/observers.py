@@ -170,12 +170,14 @@ class MomentObserver:
         """Register the hooks (fresh statistics). Idempotent."""
         from megatron.core.transformer.transformer_layer import TransformerLayer
 
+        from megatron.core.models.common.embeddings.language_model_embedding import LanguageModelEmbedding
+
         if self._handles:
             return self
         self._stats = defaultdict(_Stats)
         for chunk in self.chunks:
-            embedding = getattr(chunk, "embedding", None) if getattr(chunk, "pre_process", False) else None
-            if embedding is not None:
+            # found by type, so wrappers that hold the model under another name (task heads) work too
+            for embedding in (m for m in chunk.modules() if isinstance(m, LanguageModelEmbedding)):
                 self._handles.append(embedding.register_forward_hook(self._embedding_hook()))
                 emb_norm = getattr(embedding, "embedding_layernorm", None)
                 if emb_norm is not None:
