@@ -176,3 +176,22 @@ def test_full_weights_equal_tp1(layout_dumps, layout, kind):
     worst = _compare_full(layout_dumps["tp1"][f"{kind}_weights"], layout_dumps[layout][f"{kind}_weights"],
                           f"{kind} {layout}")
     assert worst == 0.0, f"{kind} {layout}: max abs weight diff {worst}"
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_full_weights_and_moments_tp2_pp2_equal_tp1(layout_dumps, tmp_path):
+    """TP2 x PP2 (4 processes): the same full weights, and the same moments, as the single-process run."""
+    from helpers import REPO_ROOT, run_torchrun
+
+    script = str(REPO_ROOT / "tests" / "dslm" / "scripts" / "dump_full_weights.py")
+    proc = run_torchrun(4, [script, "--tp", "2", "--pp", "2", "--out", str(tmp_path / "tp2pp2.pt")], timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    got = torch.load(tmp_path / "tp2pp2.pt", weights_only=False)
+    for kind in ("gpt", "bert"):
+        worst = _compare_full(layout_dumps["tp1"][f"{kind}_weights"], got[f"{kind}_weights"], f"{kind} tp2pp2")
+        assert worst == 0.0, f"{kind} tp2pp2: max abs weight diff {worst}"
+        for a, b in zip(layout_dumps["tp1"][f"{kind}_moments"], got[f"{kind}_moments"]):
+            assert a.keys() == b.keys()
+            for key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-9), (kind, a["layer"], key)
