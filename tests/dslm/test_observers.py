@@ -186,3 +186,26 @@ def test_moments_equal_tp1(layout_dumps, layout, kind):
         assert a.keys() == b.keys()
         for key in a:
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-9), (layout, kind, a["layer"], key)
+
+
+def test_plot_moments_script(tmp_path):
+    """JSONL from the writer -> PNG, with the theory overlay from the model flags."""
+    from megatron.dslm.models import build_gpt_model
+    from megatron.dslm.observers import MomentObserver, write_moment_records
+
+    model = build_gpt_model(make_config(num_layers=2), hand_table(2, std=0.1), vocab_size=64, max_sequence_length=16)
+    obs = MomentObserver(model).attach()
+    tokens, pos, mask = causal_inputs(2, 8, 64)
+    model(tokens, pos, mask).float().pow(2).mean().backward()
+    path = tmp_path / "moments.jsonl"
+    write_moment_records(str(path), obs.collect(), 3)
+    obs.detach()
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "scripts"))
+    import plot_moments
+
+    out = tmp_path / "m.png"
+    plot_moments.main(["--moments-file", str(path), "--out", str(out), "--num-layers", "2", "--hidden-size", "32",
+                       "--num-attention-heads", "4", "--seq-length", "8", "--init-scheme", "megatron"])
+    assert out.stat().st_size > 1000 and out.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match="iterations present"):
+        plot_moments.read_records(str(path), iteration=7)
