@@ -32,7 +32,10 @@ def require_shared_data(*parts: str) -> Path:
 
 def cpu_env(extra: dict | None = None) -> dict:
     """Environment for subprocesses: CPU mode, one thread per rank, offline hubs, repo on the path."""
-    env = dict(os.environ)
+    # Drop launcher/process-group variables: a pytest process that initialised a group in-process would
+    # otherwise hand its MASTER_PORT/RANK to the child (EADDRINUSE or a hang).
+    launcher = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT"}
+    env = {k: v for k, v in os.environ.items() if k not in launcher and not k.startswith(("TORCHELASTIC_", "ROLE_"))}
     env.update(
         OMP_NUM_THREADS="1",
         HF_DATASETS_OFFLINE="1",
