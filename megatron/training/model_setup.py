@@ -75,6 +75,31 @@ def model_arch_from_args(args, model_type: str = "gpt") -> ModelArch:
     )
 
 
+def resolve_embedding_corr(args, max_sequences: int = 2000) -> str:
+    """Fill ``args.embedding_corr`` (r0, the token correlation DSLM's V/O init assumes) from the data actually fed.
+
+    theory.md: DSLM holds unit variance only when the input carries the correlation the init assumes, and r0 is a
+    property of the corpus and the embedding tables (GPT text ~0.01, BERT with token types ~0.4), not the
+    reference's constant 0.221. Returns a phrase saying where the value came from.
+    """
+    from megatron.dslm.estimate_corr import corr_from_probs, estimate_embedding_corr, indexed_dataset_windows
+    from megatron.training.datasets import data_prefixes
+
+    tables = 3 if args.num_tokentypes else 2
+    if args.embedding_corr is not None:
+        return "given by --embedding-corr"
+    if args.mock_data:
+        args.embedding_corr = corr_from_probs(1.0 / args.padded_vocab_size, tables)
+        return "mock data (uniform random tokens: DSLM's correlation premise does not hold)"
+    prefixes = data_prefixes(args.data_path)
+    if prefixes:
+        windows = list(indexed_dataset_windows(prefixes[0], args.seq_length, max_sequences))
+        args.embedding_corr = estimate_embedding_corr(windows, tables).embedding_corr
+        return f"measured on {len(windows)} windows of {prefixes[0]}"
+    args.embedding_corr = DEFAULT_EMBEDDING_CORR
+    return "the reference's default (no data to measure)"
+
+
 def init_table_from_args(args, model_type: str = "gpt") -> InitTable:
     from megatron.dslm.schemes.registry import build_init_table
 

@@ -40,6 +40,7 @@ def parse_args(extra_args_provider=None, args_defaults=None, argv=None):
 def initialize_megatron(extra_args_provider=None, args_defaults=None, argv=None):
     """Parse and validate flags, start the process groups (gloo on CPU), seed, build the tokenizer."""
     from megatron.training.initialize import initialize_distributed, set_random_seed
+    from megatron.training.model_setup import resolve_embedding_corr
     from megatron.training.tokenizers import build_tokenizer
 
     args = parse_args(extra_args_provider, args_defaults, argv)
@@ -52,6 +53,7 @@ def initialize_megatron(extra_args_provider=None, args_defaults=None, argv=None)
                                 make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
                                 tensor_model_parallel_size=args.tensor_model_parallel_size)
     args.padded_vocab_size = tokenizer.padded_vocab_size
+    corr_source = resolve_embedding_corr(args)
     global_vars.set_args(args)
     global_vars.set_tokenizer(tokenizer)
     set_random_seed(args.seed)
@@ -61,7 +63,7 @@ def initialize_megatron(extra_args_provider=None, args_defaults=None, argv=None)
                  f"{args.pipeline_model_parallel_size}, DP {args.data_parallel_size}), backend "
                  f"{'gloo (CPU mode)' if cpu_compat.is_cpu_mode() else 'nccl'}, init scheme {args.init_scheme}, "
                  f"{'Post-LN' if args.apply_residual_connection_post_layernorm else 'Pre-LN'}, "
-                 f"padded vocab {args.padded_vocab_size}")
+                 f"padded vocab {args.padded_vocab_size}, embedding corr r0 {args.embedding_corr:.4f} ({corr_source})")
     return args
 
 
