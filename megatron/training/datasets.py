@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
-from megatron.training.validate import ConfigError
+from megatron.training.validate import ConfigError, data_prefixes
 
 SPLIT_NAMES = ("train", "valid", "test")
 
@@ -31,16 +31,6 @@ def split_document_counts(num_documents: int, split: str) -> List[int]:
         bounds.append(bounds[-1] + int(round(frac * num_documents)))
     bounds[-1] = num_documents
     return [bounds[i + 1] - bounds[i] for i in range(3)]
-
-
-def data_prefixes(data_path: Sequence[str]) -> List[str]:
-    out = []
-    for item in data_path:
-        try:
-            float(item)
-        except ValueError:
-            out.append(item)
-    return out
 
 
 def check_data_and_split(data_path: Sequence[str], split: str, num_samples: Sequence[int],

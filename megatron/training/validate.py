@@ -86,7 +86,7 @@ def validate_args(args, world_size: int) -> None:
         path = getattr(args, name)
         _require(path is None or os.path.exists(path), f"--{name.replace('_', '-')} {path} does not exist")
     if not args.mock_data:
-        for prefix in _data_prefixes(args.data_path):
+        for prefix in data_prefixes(args.data_path):
             for ext in (".bin", ".idx"):
                 _require(os.path.exists(prefix + ext),
                          f"--data-path {prefix}: {prefix + ext} not found (run tools/preprocess_data.py)")
@@ -122,7 +122,7 @@ def validate_residual_flags(args) -> None:
                  f"{name} {value} > 1 needs --allow-unnormalized-residual")
 
 
-def _data_prefixes(data_path):
+def data_prefixes(data_path):
     """Prefixes of a '--data-path [w1] p1 [w2] p2' list (weights are numbers)."""
     out = []
     for item in data_path:
