@@ -203,7 +203,7 @@ def sweep_dropout(rng):
 
 
 def sweep_softmax(rng):
-    return dict(batch=4096, length=int(_pick(rng, [32, 64, 128, 256])), std=float(rng.uniform(0.1, 1.5)),
+    return dict(batch=16384, length=int(_pick(rng, [32, 64, 128, 256])), std=float(rng.uniform(0.1, 1.5)),
                 corr=float(rng.uniform(0, 0.9)), grad_std=float(rng.uniform(0.2, 2)))
 
 
