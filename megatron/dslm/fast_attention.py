@@ -2,8 +2,8 @@
 
 megatron-core's local ``DotProductAttention`` materialises the [b, np, s, s] scores with baddbmm and a Python
 softmax; on CPU (and on GPUs without Transformer Engine) SDPA's fused kernels are markedly faster. Same
-inputs/outputs as ``DotProductAttention`` ([sq, b, np, hn] -> [sq, b, np·hn]); the attention-logit moment hook
-of :mod:`megatron.dslm.observers` cannot see the scores here (it reports none).
+inputs/outputs as ``DotProductAttention`` ([sq, b, np, hn] -> [sq, b, np·hn]); the scores are never formed, so
+:mod:`megatron.dslm.observers` recomputes them from Q and K on logged steps only.
 """
 
 from __future__ import annotations

@@ -145,25 +145,48 @@ class MomentObserver:
                 st.pre_norm = _Stats._add(st.pre_norm, sums)
         return hook
 
+    def _accumulate_logits(self, layer_number: int, scores: torch.Tensor, mask) -> None:
+        """Add scaled scores [.., sq, sk] (mask: True = masked out) to this layer's logit statistics."""
+        sq, sk = scores.shape[-2], scores.shape[-1]
+        scores = scores.to(torch.float64)
+        z = scores[(~mask.bool()).expand_as(scores)] if mask is not None else scores.reshape(-1)
+        st = self._stats[layer_number]
+        st.logit = _Stats._add(st.logit, _var_sums(z))
+        zmax = z.max() if z.numel() else torch.tensor(float("-inf"), dtype=torch.float64, device=z.device)
+        st.logit_max = zmax if st.logit_max is None else torch.maximum(st.logit_max, zmax)
+
+    @staticmethod
+    def _default_mask(mask, mask_type, sq: int, sk: int, device):
+        if mask is None and getattr(mask_type, "name", "") == "causal" and sq > 1:
+            return torch.triu(torch.ones(sq, sk, dtype=torch.bool, device=device), diagonal=1)
+        return mask
+
     def _logit_hook(self, layer_number: int):
+        """Local attention: the softmax module's input is the raw score tensor."""
         def hook(module, args):
             scores = args[0].detach()
-            mask = args[1] if len(args) > 1 else None
             if getattr(module, "scale", None) is not None:
                 scores = scores * module.scale
-            sq, sk = scores.shape[-2], scores.shape[-1]
-            if mask is None and getattr(module.attn_mask_type, "name", "") == "causal" and sq > 1:
-                mask = torch.triu(torch.ones(sq, sk, dtype=torch.bool, device=scores.device), diagonal=1)
-            scores = scores.to(torch.float64)
-            if mask is not None:
-                valid = (~mask.bool()).expand_as(scores)
-                z = scores[valid]
-            else:
-                z = scores.reshape(-1)
-            st = self._stats[layer_number]
-            st.logit = _Stats._add(st.logit, _var_sums(z))
-            zmax = z.max() if z.numel() else torch.tensor(float("-inf"), dtype=torch.float64, device=z.device)
-            st.logit_max = zmax if st.logit_max is None else torch.maximum(st.logit_max, zmax)
+            mask = self._default_mask(args[1] if len(args) > 1 else None, module.attn_mask_type,
+                                      scores.shape[-2], scores.shape[-1], scores.device)
+            self._accumulate_logits(layer_number, scores, mask)
+        return hook
+
+    def _sdpa_logit_hook(self, layer_number: int):
+        """Fused (SDPA) attention never forms the scores: recompute QKᵀ·scale from its inputs on logged steps."""
+        def hook(module, args, kwargs):
+            query, key = args[0].detach(), args[1].detach()  # [s, b, heads or groups, hn]
+            heads, groups = query.shape[2], key.shape[2]
+            if heads != groups:
+                key = key.repeat_interleave(heads // groups, dim=2)
+            scale = module.softmax_scale
+            if module.scale_mask_softmax.scale is not None:
+                scale = scale * module.scale_mask_softmax.scale
+            scores = torch.einsum("sbnh,tbnh->bnst", query.float(), key.float()) * scale
+            mask = args[3] if len(args) > 3 else kwargs.get("attention_mask")
+            mask_type = kwargs.get("attn_mask_type") or module.attn_mask_type
+            mask = self._default_mask(mask, mask_type, scores.shape[-2], scores.shape[-1], scores.device)
+            self._accumulate_logits(layer_number, scores, mask)
         return hook
 
     def attach(self) -> "MomentObserver":
@@ -191,11 +214,13 @@ class MomentObserver:
                     norm = getattr(module, attr, None)
                     if norm is not None:
                         self._handles.append(norm.register_forward_pre_hook(self._pre_norm_hook(number, attn)))
-                softmax = getattr(getattr(getattr(module, "self_attention", None), "core_attention", None),
-                                  "scale_mask_softmax", None)
-                if softmax is not None and type(getattr(module.self_attention, "core_attention")).__name__ \
-                        != "SDPAttention":
-                    self._handles.append(softmax.register_forward_pre_hook(self._logit_hook(number)))
+                core = getattr(getattr(module, "self_attention", None), "core_attention", None)
+                if type(core).__name__ == "SDPAttention":
+                    self._handles.append(core.register_forward_pre_hook(self._sdpa_logit_hook(number),
+                                                                        with_kwargs=True))
+                elif getattr(core, "scale_mask_softmax", None) is not None:
+                    self._handles.append(core.scale_mask_softmax.register_forward_pre_hook(
+                        self._logit_hook(number)))
         return self
 
     def detach(self) -> None:

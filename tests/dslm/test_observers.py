@@ -209,3 +209,26 @@ def test_plot_moments_script(tmp_path):
     assert out.stat().st_size > 1000 and out.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SystemExit, match="iterations present"):
         plot_moments.read_records(str(path), iteration=7)
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_sdpa_attention_logit_moments_equal_local(with_mask):
+    """The fused (SDPA) core never forms the scores; the observer recomputes them and must agree with local."""
+    from megatron.dslm.models import build_gpt_model
+    from megatron.dslm.observers import MomentObserver
+
+    records = {}
+    for fast in (False, True):
+        model = build_gpt_model(make_config(num_layers=2, hidden=32, heads=4), hand_table(2, std=0.2),
+                                vocab_size=64, max_sequence_length=16, seed=3, fast_attention=fast)
+        obs = MomentObserver([model]).attach()
+        tokens, pos, mask = causal_inputs(2, 8, 64, seed=5)
+        (model(tokens, pos, mask if with_mask else None) ** 2).mean().backward()
+        records[fast] = obs.collect()
+        obs.detach()
+    assert [r["layer"] for r in records[True]] == [0, 1, 2]
+    for local, fused in zip(records[False], records[True]):
+        assert set(local) == set(fused)
+        for key in local:
+            assert fused[key] == pytest.approx(local[key], rel=1e-5, abs=1e-8), (local["layer"], key)
+    assert records[True][1]["attn_logit_var"] > 0
