@@ -66,10 +66,15 @@ def main():
     p.add_argument("--pretrain-iters", type=int, default=300)
     p.add_argument("--mnli-train", type=int, default=3000, help="MNLI training examples (a prefix of train.tsv)")
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--mnli-lr", type=float, default=3e-4)
+    p.add_argument("--mnli-epochs", type=int, default=None, help="default --epochs")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of every stage")
+    p.add_argument("--pretrained", default=None,
+                   help="reuse this pretrain_bert.py checkpoint (same model flags) and skip stages 1-2")
+    p.add_argument("--tasks", nargs="+", default=["MNLI", "RACE"], choices=["MNLI", "RACE"])
     a = p.parse_args()
     if a.quick:
         a.docs, a.pretrain_iters, a.mnli_train, a.epochs = 400, 20, 400, 1
@@ -78,11 +83,27 @@ def main():
     for need in (data / "corpus" / "wiki-sample.jsonl", a.vocab, data / "finetune" / "MNLI", data / "finetune" / "RACE"):
         if not need.exists():
             sys.exit(f"{need} not found: pass --data (a folder like ../shared/data)")
+    if a.pretrained and Path(a.pretrained).resolve().is_relative_to(out.resolve()):
+        sys.exit("--pretrained must lie outside --out (which is cleared first)")
     if out.exists():
         shutil.rmtree(out)
     (out / "logs").mkdir(parents=True)
     times, results = {}, {}
+    if a.pretrained:
+        bert = Path(a.pretrained)
+        results["pretrain"] = {"reused": str(bert)}
+    else:
+        bert = pretrain(a, data, out, times, results)
+    if "MNLI" in a.tasks:
+        finetune_mnli(a, data, out, bert, times, results)
+    if "RACE" in a.tasks:
+        finetune_race(a, data, out, bert, times, results)
+    results["wall_times_s"] = {k: round(v, 1) for k, v in times.items()}
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1))
 
+
+def pretrain(a, data, out, times, results) -> Path:
     # 1. Sentence-split, tokenized Wikipedia sample.
     corpus = out / "wiki.jsonl"
     with open(data / "corpus" / "wiki-sample.jsonl", encoding="utf-8") as f, open(corpus, "w", encoding="utf-8") as g:
@@ -105,21 +126,26 @@ def main():
     grab = lambda line, key: float(line.split(f"{key}: ")[1].split(" ")[0])  # noqa: E731
     results["pretrain"] = {"iters": a.pretrain_iters, "first_lm_loss": grab(losses[0], "lm loss"),
                            "last_lm_loss": grab(losses[-1], "lm loss"), "last_sop_loss": grab(losses[-1], "sop loss")}
+    return bert
 
+
+def finetune_mnli(a, data, out, bert, times, results) -> None:
     # 3. MNLI (a prefix of train; full dev_matched and dev_mismatched).
     mnli = data / "finetune" / "MNLI"
     train = out / "mnli_train_subset.tsv"
     subset_tsv(mnli / "train.tsv", train, a.mnli_train)
     dev_files = [mnli / "dev_matched.tsv", mnli / "dev_mismatched.tsv"]
     times["mnli_s"] = run([REPO / "tasks" / "main.py", "--task", "MNLI", *model_flags(a), "--seq-length", 128,
-                           "--micro-batch-size", 32, "--eval-micro-batch-size", 64, "--lr", 3e-4,
-                           "--lr-warmup-fraction", 0.1, "--epochs", a.epochs, "--log-interval", 20,
+                           "--micro-batch-size", 32, "--eval-micro-batch-size", 64, "--lr", a.mnli_lr,
+                           "--lr-warmup-fraction", 0.1, "--epochs", a.mnli_epochs or a.epochs, "--log-interval", 20,
                            "--train-data", train, "--valid-data", *dev_files,
                            "--pretrained-checkpoint", bert, "--save", out / "mnli"], out / "logs" / "mnli.log")
     best = best_of(out / "mnli")
-    results["mnli"] = {"train_examples": a.mnli_train, "best_epoch": best["epoch"], "accuracy": best["accuracy"],
+    results["mnli"] = {"train_examples": a.mnli_train, "lr": a.mnli_lr, "best_epoch": best["epoch"], "accuracy": best["accuracy"],
                        "majority": {f.stem: majority(f) for f in dev_files}}
 
+
+def finetune_race(a, data, out, bert, times, results) -> None:
     # 4. RACE (all of train; dev middle + high).
     race = data / "finetune" / "RACE"
     times["race_s"] = run([REPO / "tasks" / "main.py", "--task", "RACE", *model_flags(a), "--seq-length", 128,
@@ -132,9 +158,6 @@ def main():
                                   for ans in json.load(open(f))["answers"])
     results["race"] = {"best_epoch": best["epoch"], "accuracy": best["accuracy"], "chance": 0.25,
                        "majority_answer_share": max(answers.values()) / sum(answers.values())}
-    results["wall_times_s"] = {k: round(v, 1) for k, v in times.items()}
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    print(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
