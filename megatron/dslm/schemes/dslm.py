@@ -42,12 +42,12 @@ def dslm_ffn_stds(arch: ModelArch) -> Tuple[float, float]:
 
 def attention_effective_corr(corr: float, arch: ModelArch) -> float:
     """Share of the unit input variance a (unit-logit, near-uniform) attention head keeps."""
-    stats = mixing_stats(arch.seq_length, arch.model_type == "gpt", round(1.0 - corr, 4))
+    stats = mixing_stats(arch.seq_length, arch.model_type == "gpt", round(1.0 - corr, 3))
     return corr + stats.sum_sq * (1.0 / (1.0 - arch.attention_dropout) - corr)
 
 
 def _attention_output_corr(corr: float, arch: ModelArch) -> float:
-    stats = mixing_stats(arch.seq_length, arch.model_type == "gpt", round(1.0 - corr, 4))
+    stats = mixing_stats(arch.seq_length, arch.model_type == "gpt", round(1.0 - corr, 3))
     return min(1.0, (corr + (1.0 - corr) * stats.cross) / attention_effective_corr(corr, arch))
 
 

@@ -29,6 +29,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from .layers import linear, linear_backward
 from .moments import GradMoments, Moments, from_cov, grad_from_cov
 
 
@@ -151,7 +152,7 @@ class _HeadInputs:
 def _head_inputs(x, hidden_size, query_std, key_std, value_std, seq_length, causal) -> _HeadInputs:
     corr = min(1.0, max(0.0, x.second_moment_corr))
     logit_var = attention_logit_var(x, hidden_size, query_std, key_std)
-    spread_var = round((1.0 - corr) * logit_var, 4)  # rounded: a cache key shared by similar layers
+    spread_var = round((1.0 - corr) * logit_var, 3)  # rounded: a cache key shared by similar layers
     value_var = hidden_size * value_std**2 * x.second_moment
     return _HeadInputs(value_var, corr, logit_var, mixing_stats(seq_length, causal, spread_var))
 
@@ -214,43 +215,34 @@ def single_head_attention_backward(
     return grad_from_cov(value_path + query_path + key_path, value_cov)
 
 
-def multi_head_attention(
-    x: Moments,
-    hidden_size: int,
-    num_heads: int,
-    head_dim: int,
-    query_std: float,
-    key_std: float,
-    value_std: float,
-    out_std: float,
-    seq_length: int,
-    attention_dropout: float = 0.0,
-    causal: bool = False,
-) -> Moments:
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Shape and init of one multi-head attention block (absolute stds; O maps num_heads*head_dim -> d)."""
+
+    hidden_size: int
+    num_heads: int
+    head_dim: int
+    query_std: float
+    key_std: float
+    value_std: float
+    out_std: float
+    seq_length: int
+    attention_dropout: float = 0.0
+    causal: bool = False
+
+    def head_args(self) -> tuple:
+        """(query_std, key_std, value_std, seq_length, attention_dropout, causal) for the single-head functions."""
+        return (self.query_std, self.key_std, self.value_std, self.seq_length, self.attention_dropout, self.causal)
+
+
+def multi_head_attention(x: Moments, cfg: AttentionConfig) -> Moments:
     """Heads are independent given X; the output projection gathers num_heads * head_dim features."""
-    head = single_head_attention(x, hidden_size, query_std, key_std, value_std, seq_length, attention_dropout, causal)
-    fan_in = num_heads * head_dim
-    scale = fan_in * out_std**2
-    return from_cov(0.0, scale * head.second_moment, scale * (head.cov + head.mean**2))
+    head = single_head_attention(x, cfg.hidden_size, *cfg.head_args())
+    return linear(head, cfg.num_heads * cfg.head_dim, cfg.out_std)
 
 
-def multi_head_attention_backward(
-    grad: GradMoments,
-    x: Moments,
-    hidden_size: int,
-    num_heads: int,
-    head_dim: int,
-    query_std: float,
-    key_std: float,
-    value_std: float,
-    out_std: float,
-    seq_length: int,
-    attention_dropout: float = 0.0,
-    causal: bool = False,
-) -> GradMoments:
+def multi_head_attention_backward(grad: GradMoments, x: Moments, cfg: AttentionConfig) -> GradMoments:
     """W_O^T spreads the gradient over the heads; each head's input gradient adds (independent weights)."""
-    head_grad = grad.scaled(hidden_size * out_std**2)
-    per_head = single_head_attention_backward(
-        head_grad, x, hidden_size, head_dim, query_std, key_std, value_std, seq_length, attention_dropout, causal
-    )
-    return per_head.scaled(num_heads)
+    head_grad = linear_backward(grad, cfg.hidden_size, cfg.out_std)
+    per_head = single_head_attention_backward(head_grad, x, cfg.hidden_size, cfg.head_dim, *cfg.head_args())
+    return per_head.scaled(cfg.num_heads)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..schemes.table import LayerInit, ModelArch
 from .activations import activation, activation_backward
-from .attention import attention_logit_var, multi_head_attention, multi_head_attention_backward
+from .attention import AttentionConfig, attention_logit_var, multi_head_attention, multi_head_attention_backward
 from .layers import (
     dropout,
     dropout_backward,
@@ -70,20 +70,21 @@ class LayerTrace:
     out: Moments
 
 
-def _attention_branch(x: Moments, layer: LayerInit, arch: ModelArch) -> Moments:
-    out = multi_head_attention(
-        x, arch.hidden_size, arch.num_attention_heads, arch.head_dim, layer.query_std, layer.key_std,
+def attention_config(layer: LayerInit, arch: ModelArch) -> AttentionConfig:
+    """The attention block of ``layer``: causal for GPT, bidirectional for BERT."""
+    return AttentionConfig(
+        arch.hidden_size, arch.num_attention_heads, arch.head_dim, layer.query_std, layer.key_std,
         layer.value_std, layer.attn_proj_std, arch.seq_length, arch.attention_dropout, arch.model_type == "gpt",
     )
-    return dropout(out, arch.hidden_dropout)
+
+
+def _attention_branch(x: Moments, layer: LayerInit, arch: ModelArch) -> Moments:
+    return dropout(multi_head_attention(x, attention_config(layer, arch)), arch.hidden_dropout)
 
 
 def _attention_branch_backward(grad: GradMoments, x: Moments, layer: LayerInit, arch: ModelArch) -> GradMoments:
     g = dropout_backward(grad, arch.hidden_dropout)
-    return multi_head_attention_backward(
-        g, x, arch.hidden_size, arch.num_attention_heads, arch.head_dim, layer.query_std, layer.key_std,
-        layer.value_std, layer.attn_proj_std, arch.seq_length, arch.attention_dropout, arch.model_type == "gpt",
-    )
+    return multi_head_attention_backward(g, x, attention_config(layer, arch))
 
 
 def _mlp_branch(x: Moments, layer: LayerInit, arch: ModelArch) -> Moments:

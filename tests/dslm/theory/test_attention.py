@@ -78,9 +78,9 @@ def test_multi_head_attention_block_matches_monte_carlo():
     stds = {"q": 0.8 / math.sqrt(d), "k": 0.8 / math.sqrt(d), "v": 1.2 / math.sqrt(d), "o": 0.9 / math.sqrt(d)}
     var, grad_var = _mha_monte_carlo(gen, 400, length, d, heads, stds, corr, p, grad_corr=0.2)
     x = Moments(0.0, 1.0, corr)
-    args = (d, heads, d // heads, stds["q"], stds["k"], stds["v"], stds["o"], length, p, False)
-    assert abs(attention.multi_head_attention(x, *args).var / var - 1) < 0.078
-    assert abs(attention.multi_head_attention_backward(GradMoments(1.0, 0.2), x, *args).var / grad_var - 1) < 0.10
+    cfg = attention.AttentionConfig(d, heads, d // heads, stds["q"], stds["k"], stds["v"], stds["o"], length, p, False)
+    assert abs(attention.multi_head_attention(x, cfg).var / var - 1) < 0.078
+    assert abs(attention.multi_head_attention_backward(GradMoments(1.0, 0.2), x, cfg).var / grad_var - 1) < 0.10
 
 
 def test_causal_mixing_stats_closed_forms():
