@@ -112,6 +112,7 @@ def profile_warnings(profile: Profile) -> List[str]:
 
 
 def profile_to_json(profile: Profile, scheme: str) -> dict:
+    """The issue's layout exactly: {"config": {...}, "layers": [{"layer", "forward_var", "forward_corr", "grad_var"}]}."""
     config = asdict(profile.arch)
     config["init_scheme"] = scheme
     return {
@@ -122,9 +123,6 @@ def profile_to_json(profile: Profile, scheme: str) -> dict:
                 "forward_var": layer.forward_var,
                 "forward_corr": layer.forward_corr,
                 "grad_var": layer.grad_var,
-                "grad_corr": layer.grad_corr,
-                "pre_norm_var": layer.pre_norm_var,
-                "attention_logit_var": layer.attention_logit_var,
             }
             for layer in profile.layers
         ],

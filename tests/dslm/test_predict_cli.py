@@ -18,7 +18,8 @@ def test_json_layout(tmp_path, capsys):
     assert payload["config"]["num_layers"] == 24 and payload["config"]["post_ln"] is True
     layers = payload["layers"]
     assert [row["layer"] for row in layers] == list(range(1, 25))
-    assert {"forward_var", "forward_corr", "grad_var"} <= set(layers[0])
+    assert set(payload) == {"config", "layers"}
+    assert set(layers[0]) == {"layer", "forward_var", "forward_corr", "grad_var"}
     assert layers[-1]["grad_var"] == 1.0
     assert not list(out.parent.glob(".tmp-*"))
 
