@@ -346,7 +346,8 @@ def finetune(spec: TaskSpec, args=None) -> dict:
             print_rank_0(f"> exiting at iteration {iteration} (--exit-interval); resume with --load {args.save}")
             return progress
 
-    if args.save and not args.keep_last:
+    # Without validation files there is no best/: the last checkpoint is the result and stays.
+    if args.save and not args.keep_last and valid:
         if torch.distributed.get_rank() == 0:
             _prune(args.save, None)
         torch.distributed.barrier()

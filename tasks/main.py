@@ -38,7 +38,7 @@ def add_task_args(parser):
                             "body only.")
     group.add_argument("--keep-last", action="store_true",
                        help="Keep the last epoch's checkpoint under --save at the end (default: only "
-                            "<save>/best is kept).")
+                            "<save>/best is kept; without --valid-data the last checkpoint always stays).")
     group.add_argument("--strict", action="store_true",
                        help="Fail on the first malformed row / unknown label instead of skipping it.")
     return parser
