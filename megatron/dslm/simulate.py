@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Tuple
 import numpy as np
 import torch
 
-from .theory import activations, attention, layers
+from .theory import activations, attention, blocks, layers
 from .theory.moments import GradMoments, Moments
 
 # Reference percentiles (50/90/99, %) from theory.md; None where the reference reports none.
@@ -170,6 +170,47 @@ def case_sha(cfg, gen):
     return result
 
 
+def case_ffn(cfg, gen):
+    b, n, d, f = cfg["batch"], cfg["length"], cfg["d"], cfg["ffn"]
+    act = torch.relu if cfg["activation"] == "relu" else torch.nn.functional.gelu
+    x = correlated_normal(gen, (b, n, d), 0.0, cfg["std"], cfg["corr"]).requires_grad_(True)
+    w1 = torch.randn(b, d, f, generator=gen) * cfg["fc1_std"]
+    w2 = torch.randn(b, f, d, generator=gen) * cfg["fc2_std"]
+    g = correlated_normal(gen, (b, n, d), 0.0, cfg["grad_std"], cfg["grad_corr"])
+    measured = _measure(act(x @ w1) @ w2, x, g)
+    xm = Moments(0.0, cfg["std"] ** 2, cfg["corr"])
+    gm = GradMoments(cfg["grad_std"] ** 2, cfg["grad_corr"])
+    args = (d, f, cfg["fc1_std"], cfg["fc2_std"], cfg["activation"])
+    pred = _predicted(blocks.ffn(xm, *args), blocks.ffn_backward(gm, xm, *args))
+    return {k: (pred[k], measured[k]) for k in ("var", "cov", "grad_var")}
+
+
+def case_mha(cfg, gen):
+    b, n, d, heads = cfg["batch"], cfg["length"], cfg["d"], cfg["heads"]
+    head_dim = d // heads
+    x = correlated_normal(gen, (b, n, d), 0.0, cfg["std"], cfg["corr"]).requires_grad_(True)
+    w = {k: torch.randn(b, d, d, generator=gen) * cfg[k + "_std"] for k in ("query", "key", "value", "out")}
+
+    def split(t):
+        return t.view(b, n, heads, head_dim).transpose(1, 2)
+
+    scores = split(x @ w["query"]) @ split(x @ w["key"]).transpose(-1, -2) / math.sqrt(head_dim)
+    if cfg["causal"]:
+        scores = scores.masked_fill(torch.triu(torch.ones(n, n, dtype=torch.bool), 1), float("-inf"))
+    probs = torch.softmax(scores, -1)
+    if cfg["p"] > 0:
+        probs = probs * (torch.rand(probs.shape, generator=gen) >= cfg["p"]).float() / (1.0 - cfg["p"])
+    out = (probs @ split(x @ w["value"])).transpose(1, 2).reshape(b, n, d) @ w["out"]
+    g = correlated_normal(gen, (b, n, d), 0.0, cfg["grad_std"], cfg["grad_corr"])
+    measured = _measure(out, x, g)
+    xm = Moments(0.0, cfg["std"] ** 2, cfg["corr"])
+    gm = GradMoments(cfg["grad_std"] ** 2, cfg["grad_corr"])
+    spec = attention.AttentionConfig(d, heads, head_dim, cfg["query_std"], cfg["key_std"], cfg["value_std"],
+                                     cfg["out_std"], n, cfg["p"], cfg["causal"])
+    pred = _predicted(attention.multi_head_attention(xm, spec), attention.multi_head_attention_backward(gm, xm, spec))
+    return {k: (pred[k], measured[k]) for k in ("var", "cov", "grad_var")}
+
+
 # ---- sweeps: random configurations in the reference's ranges, sized for one CPU core ----
 
 
@@ -218,6 +259,25 @@ def sweep_sha(rng):
                 grad_std=float(rng.uniform(0.5, 2)), grad_corr=float(rng.uniform(0, 0.8)))
 
 
+def sweep_ffn(rng):
+    d = int(_pick(rng, [64, 128]))
+    f = int(_pick(rng, [2, 4])) * d
+    return dict(batch=40000 // d, length=8, d=d, ffn=f, activation=str(_pick(rng, ["relu", "gelu"])),
+                std=float(rng.uniform(0.5, 2)), corr=float(rng.uniform(0, 0.9)),
+                fc1_std=float(rng.uniform(0.5, 2)) / math.sqrt(d), fc2_std=float(rng.uniform(0.5, 2)) / math.sqrt(f),
+                grad_std=float(rng.uniform(0.5, 2)), grad_corr=float(rng.uniform(0, 0.8)))
+
+
+def sweep_mha(rng):
+    d = int(_pick(rng, [64, 128]))
+    return dict(batch=20000 // d, length=int(_pick(rng, [16, 32])), d=d, heads=int(_pick(rng, [1, 2, 4])),
+                std=float(rng.uniform(0.5, 1.2)), corr=float(rng.uniform(0, 0.9)),
+                query_std=float(rng.uniform(0.2, 1.0)) / math.sqrt(d), key_std=float(rng.uniform(0.2, 1.0)) / math.sqrt(d),
+                value_std=float(rng.uniform(0.5, 2)) / math.sqrt(d), out_std=float(rng.uniform(0.5, 2)) / math.sqrt(d),
+                p=float(_pick(rng, [0.0, 0.1])), causal=bool(rng.integers(2)),
+                grad_std=float(rng.uniform(0.5, 2)), grad_corr=float(rng.uniform(0, 0.8)))
+
+
 COMPONENTS: Dict[str, Tuple[Callable, Callable, int, int]] = {
     # name: (sweep, case, full-run configurations, quick configurations)
     "linear": (sweep_linear, case_linear, 100, 12),
@@ -227,6 +287,8 @@ COMPONENTS: Dict[str, Tuple[Callable, Callable, int, int]] = {
     "dropout": (sweep_dropout, case_dropout, 100, 12),
     "softmax": (sweep_softmax, case_softmax, 100, 12),
     "sha": (sweep_sha, case_sha, 100, 12),
+    "ffn": (sweep_ffn, case_ffn, 50, 8),
+    "mha": (sweep_mha, case_mha, 50, 8),
 }
 
 
