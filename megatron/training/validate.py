@@ -71,8 +71,9 @@ def validate_args(args, world_size: int) -> None:
     validate_residual_flags(args)
     from megatron.dslm.schemes.registry import SCHEME_NAMES
 
-    _require(args.init_scheme in SCHEME_NAMES,
-             f"--init-scheme {args.init_scheme!r} is unknown; choose one of {', '.join(SCHEME_NAMES)}")
+    _require(args.init_scheme.replace("-", "_") in SCHEME_NAMES,
+             f"--init-scheme {args.init_scheme!r} is unknown; choose one of "
+             f"{', '.join(n.replace('_', '-') for n in SCHEME_NAMES)}")
 
     # Data.
     _require(args.mock_data or args.data_path or getattr(args, "data_optional", False),
