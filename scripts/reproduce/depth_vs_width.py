@@ -43,11 +43,15 @@ def shapes_for(budget: float, model: str) -> list:
     return [(layers, hidden, max(2, hidden // 32)) for layers, hidden in base]
 
 
-def plan(budget: float) -> dict:
-    """Iterations and batch from the budget (a formula, so a rerun with the same --budget is the same run)."""
+def plan(budget: float, runs: int) -> dict:
+    """Iterations and batch from the budget and the number of runs it must cover (a formula, so a rerun with
+    the same arguments is the same run): ~25 s start-up per run, ~1 s per step at the CPU shapes, ~3 s at
+    the 256-wide ones (2 shared cores, one thread)."""
     if budget < 4:
         return {"iters": 6, "mbs": 4, "seq": 32, "lr": 1e-3, "eval_iters": 1}
-    return {"iters": int(min(600, max(40, budget * 6))), "mbs": 8, "seq": 64, "lr": 2e-3, "eval_iters": 8}
+    step_s = 3.0 if budget >= 120 else 1.0
+    iters = int((budget * 60 / max(runs, 1) - 25) / step_s)
+    return {"iters": min(600, max(20, iters)), "mbs": 8, "seq": 64, "lr": 2e-3, "eval_iters": 8}
 
 
 def pretrain_cmd(model, shape, scheme, post_ln, p, data, vocab, seed, save=None):
@@ -63,10 +67,14 @@ def pretrain_cmd(model, shape, scheme, post_ln, p, data, vocab, seed, save=None)
 
 
 def run_model(model, args, minutes, rows, curves):
-    p = plan(args.budget)
+    variants = [v for v in PRIORITY if v in C.variants(args.schemes)][:args.max_variants]
+    if model == "bert":
+        variants = variants[:args.bert_max_variants]
+    order = [(v, s) for v in variants for s in shapes_for(args.budget, model)]
+    p = plan(minutes, len(order))
+    args.plans[model] = p
     data, vocab = C.prepare_data(model)
     budget = C.Budget(minutes)  # data preparation (first run only) does not count against the runs
-    order = [(v, s) for v in PRIORITY if v in C.variants(args.schemes) for s in shapes_for(args.budget, model)]
     for (scheme, post_ln), shape in order:
         name = f"{model}_{shape[0]}x{shape[1]}_{scheme}_{'post' if post_ln else 'pre'}"
         row = {"model": model, "layers": shape[0], "hidden": shape[1], "heads": shape[2],
@@ -148,6 +156,9 @@ def main():
     p.add_argument("--models", default="gpt,bert", help="gpt, bert or both")
     p.add_argument("--schemes", default=None, help="comma list to restrict (default all)")
     p.add_argument("--bert-share", type=float, default=0.3, help="fraction of the budget for BERT")
+    p.add_argument("--max-variants", type=int, default=len(PRIORITY),
+                   help="run only the first N (scheme, LN) pairs of the priority list (DSLM and megatron first)")
+    p.add_argument("--bert-max-variants", type=int, default=4, help="the same for BERT")
     args = p.parse_args()
     args.schemes = args.schemes.split(",") if args.schemes else None
     out = Path(args.out)
@@ -156,14 +167,14 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     rows, curves = [], {}
+    args.plans = {}
     models = args.models.split(",")
     for model in models:
         share = args.bert_share if model == "bert" and len(models) > 1 else 1 - args.bert_share if len(models) > 1 else 1
-        left = max(args.budget * 60 - (time.time() - t0), 0) / 60
-        run_model(model, args, left if model == models[-1] else args.budget * share, rows, curves)
+        run_model(model, args, args.budget * share, rows, curves)
     C.write_rows(rows, out / "depth_vs_width.csv")
     C.write_json({"budget_min": args.budget, "seed": args.seed, "wall_s": round(time.time() - t0, 1),
-                  "plan": plan(args.budget), "rows": rows, "curves": curves}, out / "depth_vs_width.json")
+                  "plan": args.plans, "priority": PRIORITY, "rows": rows, "curves": curves}, out / "depth_vs_width.json")
     plot(rows, curves, out)
     print(f"wrote {out}/depth_vs_width.{{csv,json,png}} in {time.time() - t0:.0f} s")
 

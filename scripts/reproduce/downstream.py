@@ -37,9 +37,12 @@ def plan(budget: float) -> dict:
     if budget < 4:
         return {"mnli_train": 200, "mnli_dev": 100, "qqp_train": 200, "qqp_dev": 100, "race_train": 80,
                 "race_dev": 40, "epochs": 1, "tasks": ["MNLI"], "max_ckpts": 1}
-    scale = min(budget / 12, 3)
+    if budget < 15:
+        return {"mnli_train": 1500, "mnli_dev": 400, "qqp_train": 1500, "qqp_dev": 300, "race_train": 120,
+                "race_dev": 60, "epochs": 1, "tasks": ["MNLI", "QQP", "RACE"], "max_ckpts": 2}
+    scale = min(budget / 15, 3)
     return {"mnli_train": int(3000 * scale), "mnli_dev": 600, "qqp_train": 1500, "qqp_dev": 300,
-            "race_train": int(600 * scale), "race_dev": 200, "epochs": 2, "tasks": ["MNLI", "QQP", "RACE"],
+            "race_train": int(300 * scale), "race_dev": 120, "epochs": 2, "tasks": ["MNLI", "QQP", "RACE"],
             "max_ckpts": 2}
 
 
