@@ -145,6 +145,8 @@ def setup_model_and_optimizer(model_provider, args=None):
             load_rng=not args.no_load_rng, finetune=args.finetune)
         if args.iteration:
             print_rank_0(f"> resumed from {args.load} at iteration {args.iteration}")
+        elif checkpointing.read_tracker(args.load) is None:
+            print_rank_0(f"> no checkpoint under --load {args.load}: starting from scratch")
     n_params = sum(p.numel() for p in model[0].parameters())
     print_rank_0(f"> parameters on rank 0 (first pipeline stage, one TP shard): {n_params:,}")
     return model, optimizer, scheduler

@@ -104,7 +104,7 @@ def validate_args(args, world_size: int) -> None:
     if args.save_interval is not None:
         _require(args.save is not None, "--save-interval needs --save")
         _require(args.save_interval > 0, "--save-interval must be positive")
-    if args.load is not None and not os.path.isdir(args.load):
+    if args.load is not None and os.path.exists(args.load) and not os.path.isdir(args.load):
         raise ConfigError(f"--load {args.load} is not a directory")
 
 
