@@ -67,7 +67,7 @@ class PlainGPT(nn.Module):
         for blk in self.blocks:
             x = blk(x)
         logits = self.ln_f(x) @ self.wte.weight.t()
-        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1))
+        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.reshape(-1))
 
 
 def plain_step_fn(layers, d, heads, seq, mbs, device, dtype):
