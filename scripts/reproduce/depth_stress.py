@@ -142,10 +142,22 @@ def gpu_scale(out):
 def main():
     ap = C.add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), default_budget=20)
     ap.add_argument("--no-profile", action="store_true", help="skip the init profile vs predictor")
+    ap.add_argument("--profile-only", action="store_true",
+                    help="(re)do only the init profile vs predictor, merged into an existing depth_stress.json")
     args = ap.parse_args()
     out = Path(args.out)
     if args.gpu_scale:
         return gpu_scale(out)
+    if args.profile_only:
+        saved = json.loads((out / "depth_stress.json").read_text())
+        t0 = time.time()
+        data, vocab = C.prepare_data("gpt")
+        saved["init_profile"] = profile_init(saved["plan"], data, vocab, args.seed, out)
+        saved["init_profile_wall_s"] = round(time.time() - t0, 1)
+        C.write_json(saved, out / "depth_stress.json")
+        plot(saved["rows"], saved["curves"], saved["init_profile"], out)
+        print(f"init profile merged into {out}/depth_stress.json in {time.time() - t0:.0f} s")
+        return
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     p = plan(args.budget)

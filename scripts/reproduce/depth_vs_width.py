@@ -70,16 +70,22 @@ def run_model(model, args, minutes, rows, curves):
     variants = [v for v in PRIORITY if v in C.variants(args.schemes)][:args.max_variants]
     if model == "bert":
         variants = variants[:args.bert_max_variants]
-    order = [(v, s) for v in variants for s in shapes_for(args.budget, model)]
+    shapes = [s for s in shapes_for(args.budget, model) if not args.shapes or f"{s[0]}x{s[1]}" in args.shapes]
+    order = [(v, s) for v in variants for s in shapes]
     p = plan(minutes, len(order))
+    if args.lr:
+        p["lr"] = args.lr
+    if args.iters:
+        p["iters"] = args.iters
     args.plans[model] = p
     data, vocab = C.prepare_data(model)
     budget = C.Budget(minutes)  # data preparation (first run only) does not count against the runs
     for (scheme, post_ln), shape in order:
-        name = f"{model}_{shape[0]}x{shape[1]}_{scheme}_{'post' if post_ln else 'pre'}"
+        name = f"{model}_{shape[0]}x{shape[1]}_{scheme}_{'post' if post_ln else 'pre'}" + (f"_lr{p['lr']:g}" if args.lr else "")
         row = {"model": model, "layers": shape[0], "hidden": shape[1], "heads": shape[2],
                "non_embedding_params": 12 * shape[0] * shape[1] ** 2, "scheme": scheme, "ln": C.ln_name(post_ln),
                "iters": p["iters"], "micro_batch": p["mbs"], "seq": p["seq"], "lr": p["lr"], "seed": args.seed}
+        row["name"] = name
         if budget.spent() and any(r["model"] == model and "outcome" in r for r in rows):
             rows.append({**row, "outcome": "skipped (budget)"})
             continue
@@ -159,6 +165,9 @@ def main():
     p.add_argument("--max-variants", type=int, default=len(PRIORITY),
                    help="run only the first N (scheme, LN) pairs of the priority list (DSLM and megatron first)")
     p.add_argument("--bert-max-variants", type=int, default=4, help="the same for BERT")
+    p.add_argument("--shapes", default=None, help="comma list like 16x64 to restrict the shapes")
+    p.add_argument("--lr", type=float, default=None, help="override the planned learning rate")
+    p.add_argument("--iters", type=int, default=None, help="override the planned iteration count")
     args = p.parse_args()
     args.schemes = args.schemes.split(",") if args.schemes else None
     out = Path(args.out)
