@@ -17,6 +17,7 @@ spent; skipped runs appear as such in the CSV. BERT runs keep their checkpoints 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -61,6 +62,9 @@ def pretrain_cmd(model, shape, scheme, post_ln, p, data, vocab, seed, save=None)
            *C.train_flags(p["iters"], p["mbs"], p["lr"], data, vocab, eval_iters=p["eval_iters"], seed=seed)]
     if model == "bert":
         cmd += ["--max-position-embeddings", 128]  # finetuning (downstream.py) runs at seq 128
+        # Without Transformer Engine, megatron-core's BertModel only accepts the local attention backend
+        # (its sanity check calls is_te_min_version otherwise and crashes on CPU installs).
+        cmd += ["--attention-backend", "local"]
     if save:
         cmd += ["--save", save, "--save-interval", p["iters"]]
     return cmd
@@ -181,9 +185,22 @@ def main():
     for model in models:
         share = args.bert_share if model == "bert" and len(models) > 1 else 1 - args.bert_share if len(models) > 1 else 1
         run_model(model, args, args.budget * share, rows, curves)
-    C.write_rows(rows, out / "depth_vs_width.csv")
-    C.write_json({"budget_min": args.budget, "seed": args.seed, "wall_s": round(time.time() - t0, 1),
-                  "plan": args.plans, "priority": PRIORITY, "rows": rows, "curves": curves}, out / "depth_vs_width.json")
+    saved = out / "depth_vs_width.json"
+    record = {"budget_min": args.budget, "seed": args.seed, "wall_s": round(time.time() - t0, 1),
+              "plan": args.plans, "priority": PRIORITY, "rows": rows, "curves": curves,
+              "argv": sys.argv[1:]}
+    if saved.exists():  # keep the other model's rows from an earlier invocation (e.g. --models bert alone)
+        old = json.loads(saved.read_text())
+        keep = [r for r in old.get("rows", []) if r["model"] not in models]
+        if keep:
+            record["rows"] = keep + rows
+            record["curves"] = {**{k: v for k, v in old.get("curves", {}).items() if k.split("_")[0] not in models},
+                                **curves}
+            record["plan"] = {**{k: v for k, v in old.get("plan", {}).items() if k not in models}, **args.plans}
+            record["earlier"] = {k: old.get(k) for k in ("budget_min", "wall_s", "argv")}
+    C.write_rows(record["rows"], out / "depth_vs_width.csv")
+    C.write_json(record, saved)
+    rows, curves = record["rows"], record["curves"]
     plot(rows, curves, out)
     print(f"wrote {out}/depth_vs_width.{{csv,json,png}} in {time.time() - t0:.0f} s")
 

@@ -167,6 +167,7 @@ def main():
                    "--hidden-size", ck["hidden"], "--num-attention-heads", ck["heads"],
                    "--max-position-embeddings", 128, "--seq-length", 128, "--vocab-file", vocab,
                    "--tokenizer-type", "BertWordPieceLowerCase", "--init-scheme", ck["scheme"],
+                   "--attention-backend", "local",  # as in pretraining (see depth_vs_width.py)
                    *(["--apply-residual-connection-post-layernorm"] if ck["ln"] == "Post-LN" else []),
                    "--micro-batch-size", mbs, "--eval-micro-batch-size", 2 * mbs, "--lr", 3e-4,
                    "--lr-warmup-fraction", 0.1, "--epochs", p["epochs"], "--log-interval", 20, "--seed", args.seed,
