@@ -2,8 +2,8 @@
 
 The paper's claim: the deep-narrow DSLM BERT beats the shallow-wide baseline after finetuning (MNLI, QQP,
 RACE). Here the checkpoints come from ``depth_vs_width.py`` (its BERT runs keep them under
-data/reproduce/ckpt/): the best one by validation loss overall and the best of the shallowest shape, so
-a deep-vs-shallow pair is compared when the budget produced both. Each is finetuned with ``tasks/main.py``
+data/reproduce/ckpt/): the best one by validation loss overall and the deepest DSLM one (the paper's
+candidate), so the paper's deep-vs-baseline pair is compared when the budget produced both. Each is finetuned with ``tasks/main.py``
 on subsets of ../shared/data/finetune (stand-ins with the official layouts, see its README), and the best
 dev accuracy is reported next to the majority class (MNLI, QQP) and chance (RACE: 25%).
 
@@ -80,7 +80,7 @@ def race_majority(folder: Path) -> float:
 
 
 def pick_checkpoints(results_dir: Path, n: int) -> list:
-    """Best BERT by validation loss, then the best of the shallowest shape (deep vs shallow pair)."""
+    """Best BERT by validation loss, then the deepest DSLM one (the paper's pick), then the best shallow one."""
     path = results_dir / "depth_vs_width.json"
     if not path.exists():
         return []
@@ -89,9 +89,10 @@ def pick_checkpoints(results_dir: Path, n: int) -> list:
             and (C.REPO / r["checkpoint"]).exists()]
     rows.sort(key=lambda r: r["val_loss"])
     picked = rows[:1]
+    # then the paper's candidate: the deepest DSLM model, then the best of the shallowest shape
+    deep_dslm = [r for r in rows if r["scheme"] == "dslm" and r["layers"] == max(x["layers"] for x in rows)]
     shallow = [r for r in rows if r["layers"] == min(x["layers"] for x in rows)] if rows else []
-    deep = [r for r in rows if r["layers"] == max(x["layers"] for x in rows)] if rows else []
-    for extra in (shallow[:1], deep[:1]):
+    for extra in (deep_dslm[:1], shallow[:1]):
         if extra and extra[0] not in picked:
             picked.append(extra[0])
     return picked[:n]
