@@ -62,7 +62,7 @@ def main():
     fig_dir = out / "signal_propagation"
     if args.gpu_scale:
         C.write_gpu_scale("signal_propagation", [f"python scripts/signal_propagation_figures.py --gpu-scale "
-                                                 f"--seeds 2 --out-dir {fig_dir}"], out)
+                                                 f"--seeds 2 --out-dir {os.path.relpath(fig_dir, C.REPO)}"], out)
         return
     t0 = time.time()
     cmd = [FIGURES, *size_for(args.budget), "--seed", args.seed, "--out-dir", fig_dir]
