@@ -35,6 +35,10 @@ class SDPAttention(DotProductAttention):
         causal = False
         if attention_mask is not None:
             mask = ~attention_mask  # megatron: True = masked out; SDPA: True = attend
+            # A query whose keys are all masked (a pad row of BERT's b1ss mask) would make SDPA return NaN,
+            # which poisons the backward pass; let such rows attend everywhere. Their outputs differ from
+            # megatron's (uniform attention) but never reach a real token or the masked loss.
+            mask = mask | ~mask.any(dim=-1, keepdim=True)
         elif mask_type == AttnMaskType.causal and q.size(2) > 1:
             causal = True
         dropout = self.config.attention_dropout if self.training else 0.0
@@ -51,3 +55,19 @@ class SDPAttention(DotProductAttention):
         # [b, np, s, hn] -> [s, b, np·hn]
         ctx = ctx.permute(2, 0, 1, 3).contiguous()
         return ctx.view(ctx.size(0), ctx.size(1), -1)
+
+
+def use_sdpa_core_attention(model: torch.nn.Module) -> int:
+    """Switch every megatron ``DotProductAttention`` in a built model to :class:`SDPAttention`; returns the count.
+
+    Needed for BERT: ``BertModel`` picks its attention-mask layout by comparing the spec's core-attention class
+    *by identity* with megatron's ``DotProductAttention`` (anything else is assumed to be Transformer Engine),
+    so the SDPA core cannot go in through the spec. ``SDPAttention`` adds no state and overrides only
+    ``forward``, so changing the class of the built module is exact.
+    """
+    count = 0
+    for module in model.modules():
+        if type(module) is DotProductAttention:
+            module.__class__ = SDPAttention
+            count += 1
+    return count

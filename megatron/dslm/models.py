@@ -11,6 +11,7 @@ from megatron.core.models.bert.bert_model import BertModel
 from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron.dslm.fast_attention import use_sdpa_core_attention
 from megatron.dslm.schemes.table import InitTable
 from megatron.dslm.specs import (
     add_embedding_layernorm,
@@ -62,7 +63,7 @@ def build_gpt_model(config: TransformerConfig, table: InitTable, *, vocab_size: 
             ``config.apply_residual_connection_post_layernorm``.
         seed: weight seed; the same seed gives the same full weights at every TP/PP layout.
         fast_attention: core attention through ``torch.nn.functional.scaled_dot_product_attention``
-            (no attention-logit moments then).
+            (equal to the local core within fp32 rounding; tests/dslm/test_fast_attention.py).
     """
     return _build(GPTModel, "decoder", get_dslm_gpt_layer_spec, config, table, post_ln, seed, fast_attention,
                   vocab_size=vocab_size, max_sequence_length=max_sequence_length, pre_process=pre_process,
@@ -79,7 +80,12 @@ def build_bert_model(config: TransformerConfig, table: InitTable, *, vocab_size:
     Post-LN here is original BERT's layout (embedding LN, a LN after every merge). Unlike BertModel's own
     default, the output layer is tied to the word embedding (as in BERT).
     """
-    return _build(BertModel, "encoder", get_dslm_bert_layer_spec, config, table, post_ln, seed, fast_attention,
-                  num_tokentypes=num_tokentypes, vocab_size=vocab_size, max_sequence_length=max_sequence_length,
-                  pre_process=pre_process, post_process=post_process, add_binary_head=add_binary_head,
-                  share_embeddings_and_output_weights=share_embeddings_and_output_weights)
+    # The SDPA core goes in after construction: BertModel's mask-layout check only accepts megatron's own
+    # DotProductAttention class in the spec (see fast_attention.use_sdpa_core_attention).
+    model = _build(BertModel, "encoder", get_dslm_bert_layer_spec, config, table, post_ln, seed, False,
+                   num_tokentypes=num_tokentypes, vocab_size=vocab_size, max_sequence_length=max_sequence_length,
+                   pre_process=pre_process, post_process=post_process, add_binary_head=add_binary_head,
+                   share_embeddings_and_output_weights=share_embeddings_and_output_weights)
+    if fast_attention:
+        use_sdpa_core_attention(model)
+    return model
