@@ -76,6 +76,12 @@ def run_main(main: Callable[[], None]) -> None:
     except (ConfigError, TokenizerError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    # Tear the process groups down before interpreter exit: leaving gloo's threads to static destructors
+    # intermittently aborts the process ("terminate called without an active exception", SIGABRT) after
+    # a run that finished fine.
+    from megatron.training.initialize import destroy_distributed
+
+    destroy_distributed()
 
 
 def get_optimizer_config(args):
@@ -428,6 +434,8 @@ def train(forward_step, model, optimizer, scheduler, train_iterator, valid_itera
         if args.exit_interval and iteration % args.exit_interval == 0:
             print_rank_0(f"> exiting at iteration {iteration} (--exit-interval)")
             break
+    if logger.writer is not None:
+        logger.writer.close()
     return iteration
 
 
