@@ -168,13 +168,6 @@ def test_write_moment_records(tmp_path):
     assert ("moments/forward_var/layer_1", 2.5, 1) in tb.calls and len(tb.calls) == 4
 
 
-@pytest.fixture(scope="module")
-def layout_dumps(tmp_path_factory):
-    from common import layout_dumps as dumps
-
-    return dumps(tmp_path_factory)
-
-
 @pytest.mark.dist
 @pytest.mark.parametrize("layout", ["tp2", "pp2"])
 @pytest.mark.parametrize("kind", ["gpt", "bert"])

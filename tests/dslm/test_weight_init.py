@@ -162,13 +162,6 @@ def _compare_full(ref: dict, other: dict, what: str) -> float:
     return worst
 
 
-@pytest.fixture(scope="module")
-def layout_dumps(tmp_path_factory):
-    from common import layout_dumps as dumps
-
-    return dumps(tmp_path_factory)
-
-
 @pytest.mark.dist
 @pytest.mark.parametrize("layout", ["tp2", "pp2"])
 @pytest.mark.parametrize("kind", ["gpt", "bert"])
