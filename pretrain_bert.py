@@ -71,6 +71,7 @@ def model_provider(pre_process: bool = True, post_process: bool = True, config=N
         add_binary_head=binary_head_from_args(args),
         pre_process=pre_process, post_process=post_process,
         fast_attention=args.attention_backend != "local",
+        torch_linear=args.linear_impl == "torch",
         post_ln=bool(getattr(args, "apply_residual_connection_post_layernorm", False)),
         seed=args.seed,
     )

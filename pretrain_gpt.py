@@ -21,7 +21,8 @@ def model_provider(pre_process=True, post_process=True, config=None):
         pre_process=pre_process, post_process=post_process,
         post_ln=args.apply_residual_connection_post_layernorm, seed=args.seed,
         share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
-        fast_attention=args.attention_backend != "local")
+        fast_attention=args.attention_backend != "local",
+        torch_linear=args.linear_impl == "torch")
 
 
 def datasets_provider(num_samples):

@@ -1,13 +1,15 @@
 """Step time of our GPT training step vs stock megatron-core vs a plain-PyTorch GPT of the same shape.
 
-One process, same data, same shapes; every variant runs a full optimizer step (forward, backward, Adam).
+One process, same data, same shapes; every variant runs a full optimizer step (forward, backward, Adam). The
+variants' steps are interleaved round-robin and the median per variant is reported.
 
 - ``plain``: a hand-written pre-LN GPT (scaled_dot_product_attention, tied embeddings) with torch AdamW
   (fused where this torch supports it) -- the speed a user would get without Megatron.
 - ``mcore-local``: megatron-core GPTModel with its stock local layer spec and default init, driven by our
   loop's ``train_step`` (megatron-core DDP + optimizer + no-pipelining schedule).
 - ``ours``: exactly what ``pretrain_gpt.py`` builds (``model_provider`` + ``train_step``) for
-  ``--init-scheme megatron`` and ``dslm``, ``--attention-backend local`` and ``auto``.
+  ``--init-scheme megatron`` and ``dslm``, with the stock-equivalent path (``--attention-backend local
+  --linear-impl megatron``) and the defaults (``--attention-backend auto --linear-impl torch``).
 - ``+moments@100``: the average step cost with ``--log-moments-interval 100`` (one hooked step per 100),
   estimated from measured plain and hooked steps: (99 * t_plain + t_hooked) / 100.
 
@@ -116,11 +118,12 @@ class _Batches:
         return self.batch
 
 
-def megatron_step_fn(layers, d, heads, seq, mbs, scheme, backend, gpu, stock=False):
+def megatron_step_fn(layers, d, heads, seq, mbs, scheme, backend, gpu, stock=False, linear_impl="torch"):
     import pretrain_gpt
     from megatron.training import training
 
-    args = training.initialize_megatron(argv=_argv(layers, d, heads, seq, mbs, scheme, backend, gpu))
+    args = training.initialize_megatron(argv=_argv(layers, d, heads, seq, mbs, scheme, backend, gpu)
+                                        + ["--linear-impl", linear_impl])
     provider = pretrain_gpt.model_provider
     if stock:
         from megatron.core.models.gpt import GPTModel
@@ -150,17 +153,26 @@ def _sync(gpu):
         torch.cuda.synchronize()
 
 
-def time_steps(step, n, warmup, gpu):
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(n):
-        _sync(gpu)
-        t0 = time.perf_counter()
-        step()
-        _sync(gpu)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def time_interleaved(steps: dict, n: int, warmup: int, gpu: bool) -> dict:
+    """Median step time per variant, the variants' steps interleaved round-robin (rotating order).
+
+    Timing variants one after the other biased the comparison by up to 10 % on a shared CPU (whichever ran
+    later was slower: allocator state, neighbours); interleaving gives every variant the same conditions.
+    """
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    names = list(steps)
+    times = {name: [] for name in names}
+    for r in range(n):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            _sync(gpu)
+            t0 = time.perf_counter()
+            steps[name]()
+            _sync(gpu)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(v) for name, v in times.items()}
 
 
 def bench_shape(shape, steps, warmup, mbs, gpu):
@@ -170,20 +182,24 @@ def bench_shape(shape, steps, warmup, mbs, gpu):
     heads = max(1, d // 64) if d >= 256 else max(1, d // 32)
     device = torch.device("cuda" if gpu else "cpu")
     dtype = torch.bfloat16 if gpu else torch.float32
-    rows = {}
-    step, _ = plain_step_fn(layers, d, heads, seq, mbs, device, dtype)
-    rows["plain-pytorch"] = time_steps(step, steps, warmup, gpu)
-    step, _ = megatron_step_fn(layers, d, heads, seq, mbs, "megatron", "local", gpu, stock=True)
-    rows["mcore-local (stock)"] = time_steps(step, steps, warmup, gpu)
+    fns, hooked = {}, {}
+    fns["plain-pytorch"], _ = plain_step_fn(layers, d, heads, seq, mbs, device, dtype)
+    fns["mcore-local (stock)"], _ = megatron_step_fn(layers, d, heads, seq, mbs, "megatron", "local", gpu,
+                                                     stock=True, linear_impl="megatron")
     for scheme in ("megatron", "dslm"):
-        for backend in ("local", "auto"):
-            step, hooked = megatron_step_fn(layers, d, heads, seq, mbs, scheme, backend, gpu)
-            t = time_steps(step, steps, warmup, gpu)
-            rows[f"ours {scheme} attn={backend}"] = t
-            if backend == "auto":
-                t_hooked = time_steps(hooked, max(2, steps // 3), 1, gpu)
-                rows[f"ours {scheme} attn={backend} +moments@100"] = (99 * t + t_hooked) / 100
-                rows[f"  (one hooked step, {scheme})"] = t_hooked
+        for backend, linear in (("local", "megatron"), ("auto", "torch")):
+            name = f"ours {scheme} attn={backend} linear={linear}"
+            fns[name], hooked[scheme] = megatron_step_fn(layers, d, heads, seq, mbs, scheme, backend, gpu,
+                                                         linear_impl=linear)
+    measured = time_interleaved(fns, steps, warmup, gpu)
+    hooked_t = time_interleaved({k: v for k, v in hooked.items()}, max(2, steps // 3), 1, gpu)
+    rows = {}
+    for name, t in measured.items():
+        rows[name] = t
+        for scheme in ("megatron", "dslm"):
+            if name == f"ours {scheme} attn=auto linear=torch":
+                rows[f"{name} +moments@100"] = (99 * t + hooked_t[scheme]) / 100
+                rows[f"  (one hooked step, {scheme})"] = hooked_t[scheme]
     tokens = mbs * seq
     return layers, d, seq, heads, rows, tokens
 
@@ -202,13 +218,14 @@ def main():
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     shapes = a.shapes or (GPU_SHAPES if a.gpu else CPU_SHAPES)
     lines = [f"device: {torch.cuda.get_device_name(0) if a.gpu else 'CPU'} | torch {torch.__version__} | "
-             f"threads {torch.get_num_threads()} | micro-batch {a.micro_batch_size} | median of {a.steps} steps",
-             "", "| shape | variant | step ms | tokens/s | vs plain | vs ours megatron attn=auto |",
+             f"threads {torch.get_num_threads()} | micro-batch {a.micro_batch_size} | median of {a.steps} "
+             f"interleaved steps",
+             "", "| shape | variant | step ms | tokens/s | vs plain | vs ours megatron (default flags) |",
              "|---|---|---:|---:|---:|---:|"]
     print("\n".join(lines), flush=True)
     for shape in shapes:
         layers, d, seq, heads, rows, tokens = bench_shape(shape, a.steps, a.warmup, a.micro_batch_size, a.gpu)
-        base, ours = rows["plain-pytorch"], rows["ours megatron attn=auto"]
+        base, ours = rows["plain-pytorch"], rows["ours megatron attn=auto linear=torch"]
         for name, t in rows.items():
             line = (f"| {layers}x{d} seq{seq} h{heads} | {name} | {t * 1e3:.1f} | {tokens / t:.0f} | "
                     f"{t / base:.3f} | {t / ours:.3f} |")

@@ -68,7 +68,8 @@ def task_model_provider(spec: TaskSpec, pre_process: bool = True, post_process: 
         config, table, vocab_size=args.padded_vocab_size, max_sequence_length=args.max_position_embeddings,
         num_tokentypes=args.num_tokentypes, add_binary_head=True,  # the pooler comes with the binary head
         pre_process=pre_process, post_process=post_process,
-        post_ln=args.apply_residual_connection_post_layernorm, seed=args.seed)
+        post_ln=args.apply_residual_connection_post_layernorm, seed=args.seed,
+        fast_attention=args.attention_backend != "local", torch_linear=args.linear_impl == "torch")
     head = None
     if post_process:
         if spec.multiple_choice:

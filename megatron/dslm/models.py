@@ -12,6 +12,7 @@ from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron.dslm.fast_attention import use_sdpa_core_attention
+from megatron.dslm.fast_linear import use_torch_linears
 from megatron.dslm.schemes.table import InitTable
 from megatron.dslm.specs import (
     add_embedding_layernorm,
@@ -33,8 +34,8 @@ def _check_table(config: TransformerConfig, table: InitTable) -> None:
 
 
 def _build(model_cls, block_name: str, spec_fn, config: TransformerConfig, table: InitTable, post_ln: bool,
-           seed: int, fast_attention: bool, **model_kwargs):
-    """Spec -> model -> Post-LN fix-ups -> LM logit scale -> layout-independent init."""
+           seed: int, fast_attention: bool, torch_linear: bool, **model_kwargs):
+    """Spec -> model -> Post-LN fix-ups -> LM logit scale -> torch linears -> layout-independent init."""
     post_ln = bool(post_ln or config.apply_residual_connection_post_layernorm)
     _check_table(config, table)
     spec = spec_fn(table, post_ln=post_ln, fast_attention=fast_attention)
@@ -45,6 +46,8 @@ def _build(model_cls, block_name: str, spec_fn, config: TransformerConfig, table
         add_embedding_layernorm(model.embedding, config)
     if model.post_process:
         add_lm_logit_scale(model.output_layer, table.lm_logit_scale)
+    if torch_linear:
+        use_torch_linears(model)
     apply_init_table(model, table, seed)
     return model
 
@@ -52,7 +55,8 @@ def _build(model_cls, block_name: str, spec_fn, config: TransformerConfig, table
 def build_gpt_model(config: TransformerConfig, table: InitTable, *, vocab_size: int, max_sequence_length: int,
                     pre_process: bool = True, post_process: bool = True, post_ln: bool = False, seed: int = 1234,
                     share_embeddings_and_output_weights: bool = True,
-                    position_embedding_type: str = "learned_absolute", fast_attention: bool = False) -> GPTModel:
+                    position_embedding_type: str = "learned_absolute", fast_attention: bool = False,
+                    torch_linear: bool = False) -> GPTModel:
     """A megatron-core ``GPTModel`` with λ/β residual scaling, optional Post-LN, initialised from ``table``.
 
     Args:
@@ -64,8 +68,11 @@ def build_gpt_model(config: TransformerConfig, table: InitTable, *, vocab_size: 
         seed: weight seed; the same seed gives the same full weights at every TP/PP layout.
         fast_attention: core attention through ``torch.nn.functional.scaled_dot_product_attention``
             (equal to the local core within fp32 rounding; tests/dslm/test_fast_attention.py).
+        torch_linear: TP linears call ``F.linear`` (bias folded) where they have nothing to communicate
+            (:mod:`megatron.dslm.fast_linear`; equal within fp32 rounding, tests/dslm/test_fast_linear.py).
     """
     return _build(GPTModel, "decoder", get_dslm_gpt_layer_spec, config, table, post_ln, seed, fast_attention,
+                  torch_linear,
                   vocab_size=vocab_size, max_sequence_length=max_sequence_length, pre_process=pre_process,
                   post_process=post_process, position_embedding_type=position_embedding_type,
                   share_embeddings_and_output_weights=share_embeddings_and_output_weights)
@@ -74,7 +81,8 @@ def build_gpt_model(config: TransformerConfig, table: InitTable, *, vocab_size: 
 def build_bert_model(config: TransformerConfig, table: InitTable, *, vocab_size: int, max_sequence_length: int,
                      num_tokentypes: int = 2, add_binary_head: bool = True, pre_process: bool = True,
                      post_process: bool = True, post_ln: bool = False, seed: int = 1234,
-                     share_embeddings_and_output_weights: bool = True, fast_attention: bool = False) -> BertModel:
+                     share_embeddings_and_output_weights: bool = True, fast_attention: bool = False,
+                     torch_linear: bool = False) -> BertModel:
     """A megatron-core ``BertModel`` (padding-mask attention) built and initialised like :func:`build_gpt_model`.
 
     Post-LN here is original BERT's layout (embedding LN, a LN after every merge). Unlike BertModel's own
@@ -82,7 +90,7 @@ def build_bert_model(config: TransformerConfig, table: InitTable, *, vocab_size:
     """
     # The SDPA core goes in after construction: BertModel's mask-layout check only accepts megatron's own
     # DotProductAttention class in the spec (see fast_attention.use_sdpa_core_attention).
-    model = _build(BertModel, "encoder", get_dslm_bert_layer_spec, config, table, post_ln, seed, False,
+    model = _build(BertModel, "encoder", get_dslm_bert_layer_spec, config, table, post_ln, seed, False, torch_linear,
                    num_tokentypes=num_tokentypes, vocab_size=vocab_size, max_sequence_length=max_sequence_length,
                    pre_process=pre_process, post_process=post_process, add_binary_head=add_binary_head,
                    share_embeddings_and_output_weights=share_embeddings_and_output_weights)

@@ -42,6 +42,10 @@ class ModelFlags:
     attention_backend: str = _f("auto", "Attention core: 'local' (megatron-core's unfused), 'sdpa' "
                                 "(torch scaled_dot_product_attention), 'auto' (the fastest available).",
                                 choices=["auto", "local", "sdpa"])
+    linear_impl: str = _f("torch", "TP linears: 'torch' (F.linear with the bias folded in wherever the layer "
+                          "has nothing to communicate, i.e. TP=1 without sequence parallelism or fused grad "
+                          "accumulation; megatron-core's own path otherwise) or 'megatron' (always "
+                          "megatron-core's autograd Function, bit-for-bit stock).", choices=["torch", "megatron"])
 
 
 @dataclass

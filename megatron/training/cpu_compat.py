@@ -15,7 +15,7 @@ Patch by patch (each was shown necessary; see docs/cpu_mode.md):
 3. CUDA RNG primitives -> the CPU generator: ``torch.cuda.get_rng_state``, ``torch.cuda.random.get_rng_state``,
    ``torch.cuda.manual_seed`` and megatron's ``tensor_parallel.random._set_cuda_rng_state``. Megatron's own
    RNG tracker is kept (``tensor_parallel/layers.py`` imported it by name), so activation recompute with
-   dropout reproduces exactly. Its "CPU RNG state changed" warning is meaningless here and is filtered.
+   dropout reproduces exactly. Its "CPU RNG state changed" warning is meaningless here; its logger is set to ERROR.
 4. CUDA-flavoured tensor calls -> CPU: (a) torch's factory functions (``torch.zeros``, ``torch.tensor``,
    ``torch.empty_like`` ...) get a thin wrapper that rewrites a ``device="cuda..."`` keyword to CPU (the
    pipeline schedules, optimizer, grad scaler and checkpoint exchange allocate with a literal
@@ -87,11 +87,6 @@ def _make_type(original):
     return tensor_type
 
 
-class _DropCpuRngWarning(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "CPU RNG state changed" not in record.getMessage()
-
-
 def enable_cpu_mode() -> None:
     """Apply patches 1-4 (idempotent). Call before building any megatron-core object."""
     global _ENABLED
@@ -112,7 +107,10 @@ def enable_cpu_mode() -> None:
     torch.cuda.manual_seed = lambda seed: torch.default_generator.manual_seed(int(seed))
     torch.cuda.manual_seed_all = lambda seed: None
     mcore_random._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
-    logging.getLogger(mcore_random.__name__).addFilter(_DropCpuRngWarning())
+    # The tracker's fork warns whenever the CPU generator changed inside it, which here is every dropout. A
+    # logger level (not a filter) skips building the record: that cost ~1.6% of a 384x32 step. The module
+    # logs nothing else.
+    logging.getLogger(mcore_random.__name__).setLevel(logging.ERROR)
 
     for name in _FACTORY_FUNCTIONS:  # 4a
         fn = getattr(torch, name)

@@ -14,7 +14,7 @@ import socket
 import numpy as np
 import torch
 
-from megatron.training import cpu_compat
+from megatron.training import apex_fallbacks, cpu_compat
 
 
 def _free_port() -> int:
@@ -34,6 +34,7 @@ def initialize_distributed(
 
     if cpu_compat.cpu_mode_wanted(force_cpu):
         cpu_compat.enable_cpu_mode()
+    apex_fallbacks.install()  # foreach multi-tensor ops where megatron fell back to its Python loops
     if not torch.distributed.is_initialized():
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")

@@ -11,13 +11,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
 from common import causal_inputs, hand_table, make_config  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _dist():
-    from megatron.training.initialize import initialize_distributed, set_random_seed
-
-    initialize_distributed(1, 1)
-    set_random_seed(1)
-    yield
+pytestmark = pytest.mark.usefixtures("single_process_megatron")
 
 
 @pytest.mark.parametrize("post_ln", [False, True])
