@@ -72,6 +72,7 @@ def model_provider(pre_process: bool = True, post_process: bool = True, config=N
         pre_process=pre_process, post_process=post_process,
         fast_attention=args.attention_backend != "local",
         torch_linear=args.linear_impl == "torch",
+        masked_positions_lm_head=masked_positions_from_args(args),
         post_ln=bool(getattr(args, "apply_residual_connection_post_layernorm", False)),
         seed=args.seed,
     )
@@ -79,6 +80,10 @@ def model_provider(pre_process: bool = True, post_process: bool = True, config=N
 
 def binary_head_from_args(args) -> bool:
     return not getattr(args, "bert_no_binary_head", False)
+
+
+def masked_positions_from_args(args) -> bool:
+    return getattr(args, "mlm_head_positions", "masked") == "masked"
 
 
 def num_tokentypes_from_args(args) -> int:
@@ -208,11 +213,12 @@ def loss_func(loss_mask: torch.Tensor, is_random: torch.Tensor, output_tensor):
     return lm_loss + sop_loss, stats
 
 
-def forward_step(data_iterator, model, use_tokentypes: bool = True):
+def forward_step(data_iterator, model, use_tokentypes: bool = True, masked_positions: bool = False):
     batch = get_batch(data_iterator)
     # megatron-core's BERT attention mask: 1 = real token, 0 = padding.
+    extra = {"mlm_positions": batch["loss_mask"]} if masked_positions else {}
     output = model(batch["text"], batch["padding_mask"],
-                   tokentype_ids=batch["types"] if use_tokentypes else None, lm_labels=batch["labels"])
+                   tokentype_ids=batch["types"] if use_tokentypes else None, lm_labels=batch["labels"], **extra)
     return output, partial(loss_func, batch["loss_mask"], batch["is_random"])
 
 
@@ -222,7 +228,9 @@ if __name__ == "__main__":
     def _forward_step(data_iterator, model):
         from megatron.training.global_vars import get_args
 
-        return forward_step(data_iterator, model, num_tokentypes_from_args(get_args()) > 0)
+        args = get_args()
+        return forward_step(data_iterator, model, num_tokentypes_from_args(args) > 0,
+                            masked_positions_from_args(args))
 
     run_main(lambda: pretrain(
         datasets_provider, model_provider, _forward_step, extra_args_provider=add_bert_args,

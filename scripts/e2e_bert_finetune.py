@@ -64,10 +64,14 @@ def main():
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--docs", type=int, default=3000, help="Wikipedia documents to pretrain on")
     p.add_argument("--pretrain-iters", type=int, default=300)
+    p.add_argument("--pretrain-seq-length", type=int, default=64)
+    p.add_argument("--pretrain-micro-batch", type=int, default=16)
+    p.add_argument("--pretrain-lr", type=float, default=1e-3)
     p.add_argument("--mnli-train", type=int, default=3000, help="MNLI training examples (a prefix of train.tsv)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--mnli-lr", type=float, default=3e-4)
     p.add_argument("--mnli-epochs", type=int, default=None, help="default --epochs")
+    p.add_argument("--mnli-micro-batch", type=int, default=32)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--heads", type=int, default=4)
@@ -115,16 +119,17 @@ def pretrain(a, data, out, times, results) -> Path:
 
     # 2. Pretrain (MLM + sentence order).
     bert = out / "bert"
-    times["pretrain_s"] = run([REPO / "pretrain_bert.py", *model_flags(a), "--seq-length", 64,
-                               "--micro-batch-size", 16, "--global-batch-size", 16, "--train-iters", a.pretrain_iters,
-                               "--lr", 1e-3, "--lr-warmup-fraction", 0.05, "--lr-decay-style", "linear",
+    times["pretrain_s"] = run([REPO / "pretrain_bert.py", *model_flags(a), "--seq-length", a.pretrain_seq_length,
+                               "--micro-batch-size", a.pretrain_micro_batch, "--global-batch-size",
+                               a.pretrain_micro_batch, "--train-iters", a.pretrain_iters,
+                               "--lr", a.pretrain_lr, "--lr-warmup-fraction", 0.05, "--lr-decay-style", "linear",
                                "--data-path", out / "wiki_text_sentence", "--split", "98,1,1",
                                "--eval-interval", max(a.pretrain_iters // 3, 1), "--eval-iters", 2,
                                "--log-interval", 10, "--save", bert, "--data-cache-path", out / "cache"],
                               out / "logs" / "pretrain.log")
     losses = [line for line in open(out / "logs" / "pretrain.log") if " iteration " in line and "lm loss:" in line]
     grab = lambda line, key: float(line.split(f"{key}: ")[1].split(" ")[0])  # noqa: E731
-    results["pretrain"] = {"iters": a.pretrain_iters, "first_lm_loss": grab(losses[0], "lm loss"),
+    results["pretrain"] = {"iters": a.pretrain_iters, "tokens_per_iter": a.pretrain_seq_length * a.pretrain_micro_batch, "first_lm_loss": grab(losses[0], "lm loss"),
                            "last_lm_loss": grab(losses[-1], "lm loss"), "last_sop_loss": grab(losses[-1], "sop loss")}
     return bert
 
@@ -136,7 +141,7 @@ def finetune_mnli(a, data, out, bert, times, results) -> None:
     subset_tsv(mnli / "train.tsv", train, a.mnli_train)
     dev_files = [mnli / "dev_matched.tsv", mnli / "dev_mismatched.tsv"]
     times["mnli_s"] = run([REPO / "tasks" / "main.py", "--task", "MNLI", *model_flags(a), "--seq-length", 128,
-                           "--micro-batch-size", 32, "--eval-micro-batch-size", 64, "--lr", a.mnli_lr,
+                           "--micro-batch-size", a.mnli_micro_batch, "--eval-micro-batch-size", 64, "--lr", a.mnli_lr,
                            "--lr-warmup-fraction", 0.1, "--epochs", a.mnli_epochs or a.epochs, "--log-interval", 20,
                            "--train-data", train, "--valid-data", *dev_files,
                            "--pretrained-checkpoint", bert, "--save", out / "mnli"], out / "logs" / "mnli.log")

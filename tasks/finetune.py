@@ -126,24 +126,35 @@ def epoch_batches(num_samples: int, global_batch_size: int, seed: int, epoch: in
     return order[: iters * global_batch_size].reshape(iters, global_batch_size)
 
 
-def collate(items: List[dict], indices: Sequence[int]) -> Dict[str, torch.Tensor]:
+def collate(items: List[dict], indices: Sequence[int], trim: bool = False) -> Dict[str, torch.Tensor]:
+    """Stack items into a micro-batch; ``trim`` cuts the trailing columns that are padding in every row.
+
+    Trimming is exact for BERT (absolute positions stay 0..n-1 and padded keys get zero attention weight) and
+    halves the finetuning cost on GLUE-length pairs (MNLI-style pairs: median 54 of 128 tokens). It is used
+    without pipeline parallelism only, where stages exchange fixed [seq, batch, hidden] tensors.
+    """
     batch = {k: torch.as_tensor(np.stack([np.asarray(it[k]) for it in items])).long()
              for k in ("text", "types", "padding_mask")}
+    if trim:
+        mask = batch["padding_mask"]
+        used = int(mask.reshape(-1, mask.shape[-1]).any(dim=0).nonzero().max()) + 1 if mask.any() else 1
+        batch = {k: v[..., :used].contiguous() for k, v in batch.items()}
     batch["label"] = torch.as_tensor([int(it["label"]) for it in items], dtype=torch.long)
     batch["index"] = torch.as_tensor(list(indices), dtype=torch.long)
     return batch
 
 
-def micro_batches(dataset, global_indices: np.ndarray, micro_batch_size: int, dp_rank: int, dp_size: int):
+def micro_batches(dataset, global_indices: np.ndarray, micro_batch_size: int, dp_rank: int, dp_size: int,
+                  trim: bool = False):
     """This data-parallel rank's micro-batches of one global batch (each DP rank takes a contiguous share)."""
     share = len(global_indices) // dp_size
     mine = global_indices[dp_rank * share:(dp_rank + 1) * share]
     for start in range(0, len(mine), micro_batch_size):
         idx = mine[start:start + micro_batch_size]
-        yield collate([dataset[int(i)] for i in idx], idx)
+        yield collate([dataset[int(i)] for i in idx], idx, trim)
 
 
-def eval_micro_batches(dataset, micro_batch_size: int, dp_rank: int, dp_size: int):
+def eval_micro_batches(dataset, micro_batch_size: int, dp_rank: int, dp_size: int, trim: bool = False):
     """All samples once, padded with index -1 rows (sample 0 repeated) so every micro-batch is full."""
     n = len(dataset)
     step = micro_batch_size * dp_size
@@ -152,9 +163,13 @@ def eval_micro_batches(dataset, micro_batch_size: int, dp_rank: int, dp_size: in
     batches = []
     for start in range(0, total, step):
         idx = order[start + dp_rank * micro_batch_size: start + (dp_rank + 1) * micro_batch_size]
-        batch = collate([dataset[max(int(i), 0)] for i in idx], idx)
+        batch = collate([dataset[max(int(i), 0)] for i in idx], idx, trim)
         batches.append(batch)
     return batches
+
+
+def _trim_padding(args) -> bool:
+    return args.pipeline_model_parallel_size == 1
 
 
 # ------------------------------------------------------------------------------------------ forward step
@@ -199,7 +214,8 @@ def predict(model_chunks, dataset, args) -> np.ndarray:
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     mbs = args.eval_micro_batch_size or args.micro_batch_size
-    batches = eval_micro_batches(dataset, mbs, ps.get_data_parallel_rank(), ps.get_data_parallel_world_size())
+    batches = eval_micro_batches(dataset, mbs, ps.get_data_parallel_rank(), ps.get_data_parallel_world_size(),
+                                 trim=_trim_padding(args))
     collector: list = []
     for chunk in model_chunks:
         chunk.eval()
@@ -321,7 +337,8 @@ def finetune(spec: TaskSpec, args=None) -> dict:
         epoch, step = divmod(iteration, iters_per_epoch)
         batches = epoch_batches(len(train_ds), args.global_batch_size, args.seed, epoch)
         losses, skipped, grad_norm = train_step(
-            step_fn, micro_batches(train_ds, batches[step], args.micro_batch_size, dp_rank, dp_size),
+            step_fn, micro_batches(train_ds, batches[step], args.micro_batch_size, dp_rank, dp_size,
+                                   trim=_trim_padding(args)),
             model, optimizer, scheduler, args)
         iteration += 1
         for k, v in losses.items():

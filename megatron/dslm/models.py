@@ -14,6 +14,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.dslm.fast_attention import use_sdpa_core_attention
 from megatron.dslm.fast_linear import use_torch_linears
 from megatron.dslm.schemes.table import InitTable
+from megatron.dslm.sparse_mlm import MaskedPositionsBertModel
 from megatron.dslm.specs import (
     add_embedding_layernorm,
     add_lm_logit_scale,
@@ -82,15 +83,18 @@ def build_bert_model(config: TransformerConfig, table: InitTable, *, vocab_size:
                      num_tokentypes: int = 2, add_binary_head: bool = True, pre_process: bool = True,
                      post_process: bool = True, post_ln: bool = False, seed: int = 1234,
                      share_embeddings_and_output_weights: bool = True, fast_attention: bool = False,
-                     torch_linear: bool = False) -> BertModel:
+                     torch_linear: bool = False, masked_positions_lm_head: bool = False) -> BertModel:
     """A megatron-core ``BertModel`` (padding-mask attention) built and initialised like :func:`build_gpt_model`.
 
     Post-LN here is original BERT's layout (embedding LN, a LN after every merge). Unlike BertModel's own
-    default, the output layer is tied to the word embedding (as in BERT).
+    default, the output layer is tied to the word embedding (as in BERT). ``masked_positions_lm_head`` builds
+    :class:`~megatron.dslm.sparse_mlm.MaskedPositionsBertModel` (LM head on the loss positions only when the
+    forward gets ``mlm_positions``).
     """
+    model_cls = MaskedPositionsBertModel if masked_positions_lm_head else BertModel
     # The SDPA core goes in after construction: BertModel's mask-layout check only accepts megatron's own
     # DotProductAttention class in the spec (see fast_attention.use_sdpa_core_attention).
-    model = _build(BertModel, "encoder", get_dslm_bert_layer_spec, config, table, post_ln, seed, False, torch_linear,
+    model = _build(model_cls, "encoder", get_dslm_bert_layer_spec, config, table, post_ln, seed, False, torch_linear,
                    num_tokentypes=num_tokentypes, vocab_size=vocab_size, max_sequence_length=max_sequence_length,
                    pre_process=pre_process, post_process=post_process, add_binary_head=add_binary_head,
                    share_embeddings_and_output_weights=share_embeddings_and_output_weights)

@@ -47,11 +47,14 @@ def _scaled_bda(stock_bda: Callable, residual_scale: float, branch_scale: float,
                 post_norm: Optional[torch.nn.Module]) -> Callable:
     """Wrap a megatron bda factory ``(training, fused) -> fn(x_with_bias, residual, prob)``.
 
-    The stock function still does the dropout and the add (fused or not); we only pre-scale its inputs, and
-    skip each multiply whose factor is exactly 1.
+    With bias-dropout fusion (GPUs) the stock fused function still does the dropout and the add; we only
+    pre-scale its inputs, and skip each multiply whose factor is exactly 1. Unfused, the merge is ours
+    (:func:`_unfused_scaled_bda`).
     """
 
     def factory(training: bool, fused: bool):
+        if not fused:
+            return _unfused_scaled_bda(training, residual_scale, branch_scale, post_norm)
         inner = stock_bda(training, fused)
 
         def bias_dropout_scaled_add(x_with_bias, residual, prob):
@@ -67,6 +70,30 @@ def _scaled_bda(stock_bda: Callable, residual_scale: float, branch_scale: float,
         return bias_dropout_scaled_add
 
     return factory
+
+
+def _unfused_scaled_bda(training: bool, residual_scale: float, branch_scale: float,
+                        post_norm: Optional[torch.nn.Module]) -> Callable:
+    """``λ·residual + β·dropout(out + bias)`` in three ops (dropout, λ multiply, add with alpha=β).
+
+    Same value as scaling before the stock unfused function (dropout is linear: β·dropout(y) = dropout(β·y)
+    with the same mask, up to fp32 rounding) but one elementwise pass fewer forward and backward per merge,
+    which is measurable on deep, narrow models (CPU, 96x64). GPUs with bias-dropout fusion keep the stock
+    fused kernel (the wrapper above).
+    """
+
+    def bias_dropout_scaled_add(x_with_bias, residual, prob):
+        out, bias = x_with_bias
+        residual = residual if residual.dtype == out.dtype else residual.to(out.dtype)
+        if bias is not None:
+            out = out + bias
+        out = torch.nn.functional.dropout(out, p=prob, training=training)
+        if residual_scale != 1.0:
+            residual = residual * residual_scale
+        merged = residual + out if branch_scale == 1.0 else torch.add(residual, out, alpha=branch_scale)
+        return merged if post_norm is None else post_norm(merged)
+
+    return bias_dropout_scaled_add
 
 
 class ScaledResidualTransformerLayer(TransformerLayer):

@@ -15,12 +15,3 @@ def layout_dumps(tmp_path_factory):
 
     return dumps(tmp_path_factory)
 
-
-@pytest.fixture(scope="module")
-def single_process_megatron():
-    """World size 1 (gloo on CPU) with megatron's parallel groups and seeded RNG streams, for in-process builds."""
-    from megatron.training.initialize import initialize_distributed, set_random_seed
-
-    initialize_distributed(1, 1)
-    set_random_seed(1)
-    yield
