@@ -57,7 +57,7 @@ def add_bert_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def model_provider(pre_process: bool = True, post_process: bool = True, config=None):
     """megatron-core BertModel with tied MLM output and (unless --bert-no-binary-head) the binary head."""
     from megatron.dslm.models import build_bert_model
-    from megatron.training.global_vars import get_args, get_tokenizer
+    from megatron.training.global_vars import get_args
     from megatron.training.model_setup import init_table_from_args, transformer_config_from_args
 
     args = get_args()
@@ -65,7 +65,7 @@ def model_provider(pre_process: bool = True, post_process: bool = True, config=N
         config = transformer_config_from_args(args)
     return build_bert_model(
         config, init_table_from_args(args, "bert"),
-        vocab_size=_padded_vocab_size(args, get_tokenizer()),
+        vocab_size=args.padded_vocab_size,  # set by initialize_megatron from the tokenizer
         max_sequence_length=args.max_position_embeddings,
         num_tokentypes=num_tokentypes_from_args(args),
         add_binary_head=binary_head_from_args(args),
@@ -89,11 +89,6 @@ def masked_positions_from_args(args) -> bool:
 def num_tokentypes_from_args(args) -> int:
     value = getattr(args, "num_tokentypes", None)
     return BERT_NUM_TOKENTYPES if value is None else int(value)
-
-
-def _padded_vocab_size(args, tokenizer) -> int:
-    size = getattr(args, "padded_vocab_size", None) or getattr(tokenizer, "padded_vocab_size", None)
-    return int(size or tokenizer.vocab_size)
 
 
 # ----------------------------------------------------------------------------------------------- data

@@ -15,6 +15,7 @@ and, as a noise-robust cross-check, the overhead estimated from medians of singl
 Targets (issue 4 / 7): moments@100 <= 3 % over dslm; dslm vs megatron <= 2 % apart.
 
     python scripts/bench_moments.py [--shape 24x64] [--iters 200] [--rounds 5]
+    OMP_NUM_THREADS=1 python scripts/bench_moments.py --clock cpu     # on a VM with noisy neighbours
 """
 
 import argparse
@@ -29,14 +30,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bench_train  # noqa: E402
 
 
-def timed_block(step, hooked, n):
+def timed_block(step, hooked, n, clock):
     """n steps; the last one hooked when ``hooked`` is given. Returns the per-step times."""
     times = []
     for i in range(n):
         fn = hooked if (hooked is not None and i == n - 1) else step
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return times
 
 
@@ -48,7 +49,12 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--micro-batch-size", type=int, default=4)
     p.add_argument("--attention-backend", default="auto", choices=["auto", "local", "sdpa"])
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                   help="wall: time.perf_counter; cpu: time.process_time (CPU seconds of this process, blind to "
+                        "time the VM or OS gave to others; run with OMP_NUM_THREADS=1 so idle spinning threads "
+                        "do not count)")
     a = p.parse_args()
+    clock = time.perf_counter if a.clock == "wall" else time.process_time
     if a.iters % a.interval:
         sys.exit(f"error: --iters ({a.iters}) must be a multiple of --interval ({a.interval})")
     dims, _, seq = a.shape.partition(":")
@@ -77,7 +83,7 @@ def main():
             k = (r * blocks + b) % len(names)
             for name in names[k:] + names[:k]:
                 step, hooked = variants[name]
-                t = timed_block(step, hooked, a.interval)
+                t = timed_block(step, hooked, a.interval, clock)
                 acc[name] += t
                 if hooked is not None:
                     hooked_times.append(t[-1])
@@ -91,7 +97,7 @@ def main():
     med = {n: statistics.median(v) for n, v in round_means.items()}
     print(f"\nshape {layers}x{d} seq {seq} heads {heads} micro-batch {a.micro_batch_size}, "
           f"{a.iters} steps per variant per round, {a.rounds} rounds interleaved in blocks of {a.interval}, "
-          f"attention {a.attention_backend}, threads {bench_train.torch.get_num_threads()}")
+          f"attention {a.attention_backend}, threads {bench_train.torch.get_num_threads()}, clock {a.clock}")
     print("| variant | mean ms/step (median of rounds) | median single step ms | vs dslm |")
     print("|---|---:|---:|---:|")
     for n in names:
