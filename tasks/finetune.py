@@ -57,7 +57,7 @@ class TaskSpec:
 def task_model_provider(spec: TaskSpec, pre_process: bool = True, post_process: bool = True, config=None):
     """The pretrained BERT body (built exactly like pretrain_bert.py's) with the task's head."""
     from megatron.dslm.models import build_bert_model
-    from megatron.training.model_setup import init_table_from_args, transformer_config_from_args
+    from megatron.training.model_setup import fast_path_kwargs, init_table_from_args, transformer_config_from_args
 
     from tasks.heads import BertWithHead, ClassificationHead, MultipleChoiceHead
 
@@ -69,7 +69,7 @@ def task_model_provider(spec: TaskSpec, pre_process: bool = True, post_process: 
         num_tokentypes=args.num_tokentypes, add_binary_head=True,  # the pooler comes with the binary head
         pre_process=pre_process, post_process=post_process,
         post_ln=args.apply_residual_connection_post_layernorm, seed=args.seed,
-        fast_attention=args.attention_backend != "local", torch_linear=args.linear_impl == "torch")
+        **fast_path_kwargs(args))
     head = None
     if post_process:
         if spec.multiple_choice:

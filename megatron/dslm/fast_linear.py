@@ -26,13 +26,13 @@ import torch.nn.functional as F
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 
 
-def _torch_path_possible(module, config) -> bool:
+def _torch_path_possible(module) -> bool:
     """The static conditions under which the layer does no communication and no fused accumulation."""
     tp_group = getattr(module, "tp_group", None)
     tp_size = tp_group.size() if tp_group is not None else 1
     return (tp_size == 1 and not module.sequence_parallel and not module.gradient_accumulation_fusion
             and not getattr(module, "explicit_expert_comm", False)
-            and not getattr(config, "defer_embedding_wgrad_compute", False))
+            and not getattr(module.config, "defer_embedding_wgrad_compute", False))
 
 
 def _offloading(config) -> bool:
@@ -87,7 +87,7 @@ def use_torch_linears(model: torch.nn.Module) -> int:
             module.__class__ = TorchRowParallelLinear
         else:
             continue
-        module._torch_path = _torch_path_possible(module, module.config)
+        module._torch_path = _torch_path_possible(module)
         if isinstance(module, TorchColumnParallelLinear):
             fused_activation = name.endswith("linear_fc1") and module.config.bias_activation_fusion
             module._fold_bias = not fused_activation

@@ -87,8 +87,8 @@ def test_tensor_parallel_layers_keep_megatron_path(monkeypatch):
     fc1 = model.decoder.layers[0].mlp.linear_fc1
     real_group = fc1.tp_group
     fc1.tp_group = _FakeGroup()
-    assert fast_linear._torch_path_possible(fc1, fc1.config) is False
+    assert fast_linear._torch_path_possible(fc1) is False
     fc1.tp_group = real_group
-    assert fast_linear._torch_path_possible(fc1, fc1.config) is True
+    assert fast_linear._torch_path_possible(fc1) is True
     fc1.sequence_parallel = True
-    assert fast_linear._torch_path_possible(fc1, fc1.config) is False
+    assert fast_linear._torch_path_possible(fc1) is False
