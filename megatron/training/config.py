@@ -155,7 +155,7 @@ def add_flag_group(parser: argparse.ArgumentParser, group_cls) -> None:
     for f in dataclasses.fields(group_cls):
         flag = "--" + f.name.replace("_", "-")
         meta = dict(f.metadata)
-        help_text = meta.pop("help", "")
+        help_text = meta.pop("help", "").replace("%", "%%")  # argparse %-formats help strings
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if f.type in ("bool", bool):
             group.add_argument(flag, action="store_true", default=default, help=help_text)
