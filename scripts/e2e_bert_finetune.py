@@ -48,6 +48,23 @@ def majority(path: Path) -> tuple:
     return label, count / len(labels)
 
 
+def write_pair_documents(tsv: Path, rows: int, out) -> int:
+    """The first `rows` MNLI pairs as loose-JSON documents "premise. hypothesis" (labels unused); returns the count.
+
+    A premise without final punctuation gets a " ." so the sentence splitter cuts between the two texts and
+    BERT's dataset sees them as two segments (the finetuning layout)."""
+    sys.path.insert(0, str(REPO))
+    from tasks.data.glue import read_mnli
+
+    examples = read_mnli([str(tsv)]).examples[:rows]
+    for ex in examples:
+        premise = ex.text_a.strip()
+        if not premise.endswith((".", "!", "?", '"', "'")):
+            premise += " ."
+        out.write(json.dumps({"text": f"{premise}\n{ex.text_b.strip()}"}) + "\n")
+    return len(examples)
+
+
 def best_of(save: Path) -> dict:
     return json.loads((save / "best" / "best.json").read_text())
 
@@ -62,7 +79,11 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(REPO / "runs" / "e2e_bert"))
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
-    p.add_argument("--docs", type=int, default=3000, help="Wikipedia documents to pretrain on")
+    p.add_argument("--docs", type=int, default=3000, help="Wikipedia documents to pretrain on (0: none, needs --tapt)")
+    p.add_argument("--tapt", action="store_true",
+                   help="task-adaptive pretraining (Gururangan et al. 2020): add the text of the MNLI training "
+                        "subset (premise and hypothesis of each pair as one document, labels unused) to the "
+                        "pretraining corpus, so MLM learns to recover hypothesis words from the premise")
     p.add_argument("--pretrain-iters", type=int, default=300)
     p.add_argument("--pretrain-seq-length", type=int, default=64)
     p.add_argument("--pretrain-micro-batch", type=int, default=16)
@@ -87,6 +108,8 @@ def main():
     for need in (data / "corpus" / "wiki-sample.jsonl", a.vocab, data / "finetune" / "MNLI", data / "finetune" / "RACE"):
         if not need.exists():
             sys.exit(f"{need} not found: pass --data (a folder like ../shared/data)")
+    if a.docs == 0 and not a.tapt and not a.pretrained:
+        sys.exit("--docs 0 leaves nothing to pretrain on: add --tapt or pass --pretrained")
     if a.pretrained and Path(a.pretrained).resolve().is_relative_to(out.resolve()):
         sys.exit("--pretrained must lie outside --out (which is cleared first)")
     if out.exists():
@@ -112,6 +135,8 @@ def pretrain(a, data, out, times, results) -> Path:
     corpus = out / "wiki.jsonl"
     with open(data / "corpus" / "wiki-sample.jsonl", encoding="utf-8") as f, open(corpus, "w", encoding="utf-8") as g:
         g.writelines(itertools.islice(f, a.docs))
+        if a.tapt:
+            results["tapt_documents"] = write_pair_documents(data / "finetune" / "MNLI" / "train.tsv", a.mnli_train, g)
     times["preprocess_s"] = run([REPO / "tools" / "preprocess_data.py", "--input", corpus, "--json-keys", "text",
                                  "--split-sentences", "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file",
                                  a.vocab, "--output-prefix", out / "wiki", "--workers", 1],

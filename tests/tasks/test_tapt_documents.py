@@ -1,0 +1,35 @@
+"""scripts/e2e_bert_finetune.py --tapt: MNLI pairs become pretraining documents whose sentences split into
+premise and hypothesis (BERT's dataset then makes them segments A and B, as finetuning does)."""
+
+import io
+import json
+import sys
+
+from helpers import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+
+import e2e_bert_finetune  # noqa: E402
+from finetune_fixtures import MNLI_HEADER  # noqa: E402
+from megatron.training.tokenizers.sentences import build_sentence_splitter  # noqa: E402
+
+
+def test_pair_documents_split_into_premise_and_hypothesis(tmp_path):
+    rows = [("The cat sat on the mat .", "A cat sat ."),
+            ("Paris: Paris is the capital of France", "Paris is in Spain ."),  # no final punctuation
+            ("He left. Then he came back!", "He returned ."),
+            ("unused row", "not read")]
+    lines = [MNLI_HEADER] + ["\t".join([str(i), str(i), f"{i}x", "g", "", "", "", "", a, b, "neutral", "neutral"])
+                             for i, (a, b) in enumerate(rows)]
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = io.StringIO()
+    assert e2e_bert_finetune.write_pair_documents(tsv, 3, out) == 3
+    docs = [json.loads(line)["text"] for line in out.getvalue().splitlines()]
+    assert len(docs) == 3 and "unused" not in out.getvalue()
+    split = build_sentence_splitter()
+    for (premise, hypothesis), doc in zip(rows, docs):
+        sentences = [s.strip() for s in split(doc)]
+        assert sentences[-1] == hypothesis
+        assert " ".join(sentences[:-1]).rstrip(" .") == premise.rstrip(" .")
+    assert len(split(docs[2])) == 3
