@@ -72,7 +72,7 @@ def best_of(save: Path) -> dict:
 def model_flags(a) -> list:
     return ["--num-layers", a.layers, "--hidden-size", a.hidden, "--num-attention-heads", a.heads,
             "--max-position-embeddings", 128, "--vocab-file", a.vocab, "--tokenizer-type", "BertWordPieceLowerCase",
-            "--seed", 1234]
+            "--init-scheme", a.init_scheme, "--seed", 1234]
 
 
 def main():
@@ -96,6 +96,9 @@ def main():
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--init-scheme", default="megatron", choices=["megatron", "xavier", "dslm", "dslm-simplified",
+                                                                   "deepnet", "dsinit"],
+                   help="weight init for pretraining and the finetuning heads (megatron: N(0, 0.02) everywhere)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of every stage")
     p.add_argument("--pretrained", default=None,
                    help="reuse this pretrain_bert.py checkpoint (same model flags) and skip stages 1-2")

@@ -41,6 +41,25 @@ def write_mnli(path: Path, rows: int, seed: int, bad_rows: bool = False) -> Path
     return path
 
 
+def write_membership_mnli(path: Path, rows: int, seed: int) -> Path:
+    """Entailment iff the one-word hypothesis occurs in the 4-word premise, else contradiction (50/50).
+
+    Every word is equally likely in either class, so neither sentence alone says anything: the model has to
+    relate the two segments (attention across [SEP] with token types), the ability MNLI-style tasks need."""
+    rng = random.Random(seed)
+    pool = WORDS[:12]
+    lines = [MNLI_HEADER]
+    for i in range(rows):
+        premise = rng.sample(pool, 4)
+        entailed = rng.random() < 0.5
+        word = rng.choice(premise) if entailed else rng.choice([w for w in pool if w not in premise])
+        label = "entailment" if entailed else "contradiction"
+        lines.append("\t".join([str(i), str(i), f"{i}x", "fixture", "", "", "", "", " ".join(premise) + " .",
+                                word + " .", label, label]))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 def write_race(folder: Path, items: int, seed: int) -> Path:
     """RACE layout: <folder>/middle/*.txt, one JSON object each; the right option repeats the article's colour."""
     rng = random.Random(seed)

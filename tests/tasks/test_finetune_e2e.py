@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from finetune_fixtures import write_mnli, write_race, write_vocab
+from finetune_fixtures import write_membership_mnli, write_mnli, write_race, write_vocab
 from helpers import REPO_ROOT, run_python, run_torchrun
 
 MAIN = str(REPO_ROOT / "tasks" / "main.py")
@@ -54,6 +54,25 @@ def test_mnli_learns_and_writes_best_and_predictions(mnli, tmp_path):
     assert best_acc == pytest.approx(max(accs))
     assert (save / "best" / "best.json").is_file()
     assert not list(save.glob("iter_*")), "without --keep-last only best/ remains"
+
+
+def test_learns_a_relation_between_the_two_segments(tmp_path):
+    """A pair task no single segment can solve (is the hypothesis word in the premise?). With DSLM init a
+    2 x 64 BERT solves it within 3 epochs; a broken segment path (masks, token types, [CLS] pooling) stays
+    at 50 %. Under the same schedule xavier also passes, while megatron's N(0, 0.02) init stays at 47-54 %
+    (its attention logits start ~30x smaller; it needed 8 epochs to leave 50 % in a 20-epoch run)."""
+    vocab = write_vocab(tmp_path)
+    train = write_membership_mnli(tmp_path / "train.tsv", 8000, seed=1)
+    dev = write_membership_mnli(tmp_path / "dev.tsv", 200, seed=2)
+    out = _log(run_python([MAIN, "--task", "MNLI", "--init-scheme", "dslm", "--num-layers", "2", "--hidden-size",
+                           "64", "--num-attention-heads", "2", "--seq-length", "32", "--max-position-embeddings",
+                           "32", "--micro-batch-size", "32", "--vocab-file", str(vocab), "--use-cpu-initialization",
+                           "--seed", "3", "--lr", "1e-3", "--lr-warmup-fraction", "0.33", "--lr-decay-style", "constant", "--epochs", "3",
+                           "--hidden-dropout", "0", "--attention-dropout", "0", "--train-data", str(train),
+                           "--valid-data", str(dev), "--save", str(tmp_path / "ckpt"), "--log-interval", "100"],
+                          timeout=300))
+    accs = [float(a) for a in re.findall(r"validation MNLI dev \| epoch \d+ \| accuracy: ([0-9.]+)", out)]
+    assert len(accs) == 3 and max(accs) >= 0.95, accs
 
 
 def test_resume_continues_exactly(tmp_path):
