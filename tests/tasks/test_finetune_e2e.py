@@ -60,7 +60,7 @@ def test_learns_a_relation_between_the_two_segments(tmp_path):
     """A pair task no single segment can solve (is the hypothesis word in the premise?). With DSLM init a
     2 x 64 BERT solves it within 3 epochs; a broken segment path (masks, token types, [CLS] pooling) stays
     at 50 %. Under the same schedule xavier also passes, while megatron's N(0, 0.02) init stays at 47-54 %
-    (its attention logits start ~30x smaller; it needed 8 epochs to leave 50 % in a 20-epoch run)."""
+    (its attention logits start ~39x smaller; it needed 8 epochs to leave 50 % in a 20-epoch run)."""
     vocab = write_vocab(tmp_path)
     train = write_membership_mnli(tmp_path / "train.tsv", 8000, seed=1)
     dev = write_membership_mnli(tmp_path / "dev.tsv", 200, seed=2)
