@@ -23,6 +23,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from megatron.dslm.schemes.registry import SCHEME_NAMES  # noqa: E402
+from tasks.data.glue import read_mnli  # noqa: E402
 
 
 def run(cmd, log: Path) -> float:
@@ -53,9 +57,6 @@ def write_pair_documents(tsv: Path, rows: int, out) -> int:
 
     A premise without final punctuation gets a " ." so the sentence splitter cuts between the two texts and
     BERT's dataset sees them as two segments (the finetuning layout)."""
-    sys.path.insert(0, str(REPO))
-    from tasks.data.glue import read_mnli
-
     examples = read_mnli([str(tsv)]).examples[:rows]
     for ex in examples:
         premise = ex.text_a.strip()
@@ -96,8 +97,7 @@ def main():
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--init-scheme", default="megatron", choices=["megatron", "xavier", "dslm", "dslm-simplified",
-                                                                   "deepnet", "dsinit"],
+    p.add_argument("--init-scheme", default="megatron", choices=[n.replace("_", "-") for n in SCHEME_NAMES],
                    help="weight init for pretraining and the finetuning heads (megatron: N(0, 0.02) everywhere)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of every stage")
     p.add_argument("--pretrained", default=None,
