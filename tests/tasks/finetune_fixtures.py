@@ -25,6 +25,11 @@ def _sentence(rng, n):
     return " ".join(rng.choice(WORDS[:12]) for _ in range(n))
 
 
+def mnli_row(i: int, premise: str, hypothesis: str, label: str, genre: str = "fixture") -> str:
+    """One GLUE MNLI TSV line (12 columns; parses left empty, label1 = gold_label)."""
+    return "\t".join([str(i), str(i), f"{i}x", genre, "", "", "", "", premise, hypothesis, label, label])
+
+
 def write_mnli(path: Path, rows: int, seed: int, bad_rows: bool = False) -> Path:
     rng = random.Random(seed)
     lines = [MNLI_HEADER]
@@ -32,11 +37,10 @@ def write_mnli(path: Path, rows: int, seed: int, bad_rows: bool = False) -> Path
         label = rng.choice(sorted(KEYWORD))
         premise = _sentence(rng, rng.randint(4, 9)) + " ."
         hypothesis = f"{_sentence(rng, 2)} {KEYWORD[label]} {_sentence(rng, 2)} ."
-        lines.append("\t".join([str(i), str(i), f"{i}x", "fixture", "", "", "", "", premise, hypothesis,
-                                label, label]))
+        lines.append(mnli_row(i, premise, hypothesis, label))
     if bad_rows:
         lines.append("too\tfew\tcolumns")
-        lines.append("\t".join(["99", "99", "99x", "fixture", "", "", "", "", "a cat .", "a dog .", "-", "-"]))
+        lines.append(mnli_row(99, "a cat .", "a dog .", "-"))
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -54,8 +58,7 @@ def write_membership_mnli(path: Path, rows: int, seed: int) -> Path:
         entailed = rng.random() < 0.5
         word = rng.choice(premise) if entailed else rng.choice([w for w in pool if w not in premise])
         label = "entailment" if entailed else "contradiction"
-        lines.append("\t".join([str(i), str(i), f"{i}x", "fixture", "", "", "", "", " ".join(premise) + " .",
-                                word + " .", label, label]))
+        lines.append(mnli_row(i, " ".join(premise) + " .", word + " .", label))
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 

@@ -67,7 +67,8 @@ def test_learns_a_relation_between_the_two_segments(tmp_path):
     out = _log(run_python([MAIN, "--task", "MNLI", "--init-scheme", "dslm", "--num-layers", "2", "--hidden-size",
                            "64", "--num-attention-heads", "2", "--seq-length", "32", "--max-position-embeddings",
                            "32", "--micro-batch-size", "32", "--vocab-file", str(vocab), "--use-cpu-initialization",
-                           "--seed", "3", "--lr", "1e-3", "--lr-warmup-fraction", "0.33", "--lr-decay-style", "constant", "--epochs", "3",
+                           "--seed", "3", "--lr", "1e-3", "--lr-warmup-fraction", "0.33", "--lr-decay-style",
+                           "constant", "--epochs", "3",
                            "--hidden-dropout", "0", "--attention-dropout", "0", "--train-data", str(train),
                            "--valid-data", str(dev), "--save", str(tmp_path / "ckpt"), "--log-interval", "100"],
                           timeout=300))

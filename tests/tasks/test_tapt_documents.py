@@ -10,7 +10,7 @@ from helpers import REPO_ROOT
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 import e2e_bert_finetune  # noqa: E402
-from finetune_fixtures import MNLI_HEADER  # noqa: E402
+from finetune_fixtures import MNLI_HEADER, mnli_row  # noqa: E402
 from megatron.training.tokenizers.sentences import build_sentence_splitter  # noqa: E402
 
 
@@ -19,8 +19,7 @@ def test_pair_documents_split_into_premise_and_hypothesis(tmp_path):
             ("Paris: Paris is the capital of France", "Paris is in Spain ."),  # no final punctuation
             ("He left. Then he came back!", "He returned ."),
             ("unused row", "not read")]
-    lines = [MNLI_HEADER] + ["\t".join([str(i), str(i), f"{i}x", "g", "", "", "", "", a, b, "neutral", "neutral"])
-                             for i, (a, b) in enumerate(rows)]
+    lines = [MNLI_HEADER] + [mnli_row(i, a, b, "neutral") for i, (a, b) in enumerate(rows)]
     tsv = tmp_path / "train.tsv"
     tsv.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = io.StringIO()
