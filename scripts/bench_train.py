@@ -6,10 +6,12 @@ variants' steps are interleaved round-robin and the median per variant is report
 - ``plain``: a hand-written pre-LN GPT (scaled_dot_product_attention, tied embeddings) with torch AdamW
   (fused where this torch supports it) -- the speed a user would get without Megatron.
 - ``mcore-local``: megatron-core GPTModel with its stock local layer spec and default init, driven by our
-  loop's ``train_step`` (megatron-core DDP + optimizer + no-pipelining schedule).
+  loop's ``train_step`` with megatron-core's own DDP grad hooks and optimizer (``--grad-buffer-impl megatron``)
+  and the no-pipelining schedule.
 - ``ours``: exactly what ``pretrain_gpt.py`` builds (``model_provider`` + ``train_step``) for
   ``--init-scheme megatron`` and ``dslm``, with the stock-equivalent path (``--attention-backend local
-  --linear-impl megatron``) and the defaults (``--attention-backend auto --linear-impl torch``).
+  --linear-impl megatron --grad-buffer-impl megatron``) and the defaults (``--attention-backend auto
+  --linear-impl torch --grad-buffer-impl direct``).
 - ``+moments@100``: the average step cost with ``--log-moments-interval 100`` (one hooked step per 100),
   estimated from measured plain and hooked steps: (99 * t_plain + t_hooked) / 100.
 
@@ -118,12 +120,13 @@ class _Batches:
         return self.batch
 
 
-def megatron_step_fn(layers, d, heads, seq, mbs, scheme, backend, gpu, stock=False, linear_impl="torch"):
+def megatron_step_fn(layers, d, heads, seq, mbs, scheme, backend, gpu, stock=False, linear_impl="torch",
+                     grad_buffer="direct"):
     import pretrain_gpt
     from megatron.training import training
 
     args = training.initialize_megatron(argv=_argv(layers, d, heads, seq, mbs, scheme, backend, gpu)
-                                        + ["--linear-impl", linear_impl])
+                                        + ["--linear-impl", linear_impl, "--grad-buffer-impl", grad_buffer])
     provider = pretrain_gpt.model_provider
     if stock:
         from megatron.core.models.gpt import GPTModel
@@ -185,19 +188,19 @@ def bench_shape(shape, steps, warmup, mbs, gpu):
     fns, hooked = {}, {}
     fns["plain-pytorch"], _ = plain_step_fn(layers, d, heads, seq, mbs, device, dtype)
     fns["mcore-local (stock)"], _ = megatron_step_fn(layers, d, heads, seq, mbs, "megatron", "local", gpu,
-                                                     stock=True, linear_impl="megatron")
+                                                     stock=True, linear_impl="megatron", grad_buffer="megatron")
     for scheme in ("megatron", "dslm"):
-        for backend, linear in (("local", "megatron"), ("auto", "torch")):
-            name = f"ours {scheme} attn={backend} linear={linear}"
+        for backend, linear, grads in (("local", "megatron", "megatron"), ("auto", "torch", "direct")):
+            name = f"ours {scheme} attn={backend} linear={linear} grads={grads}"
             fns[name], hooked[scheme] = megatron_step_fn(layers, d, heads, seq, mbs, scheme, backend, gpu,
-                                                         linear_impl=linear)
+                                                         linear_impl=linear, grad_buffer=grads)
     measured = time_interleaved(fns, steps, warmup, gpu)
     hooked_t = time_interleaved({k: v for k, v in hooked.items()}, max(2, steps // 3), 1, gpu)
     rows = {}
     for name, t in measured.items():
         rows[name] = t
         for scheme in ("megatron", "dslm"):
-            if name == f"ours {scheme} attn=auto linear=torch":
+            if name == f"ours {scheme} attn=auto linear=torch grads=direct":
                 rows[f"{name} +moments@100"] = (99 * t + hooked_t[scheme]) / 100
                 rows[f"  (one hooked step, {scheme})"] = hooked_t[scheme]
     tokens = mbs * seq
@@ -225,7 +228,7 @@ def main():
     print("\n".join(lines), flush=True)
     for shape in shapes:
         layers, d, seq, heads, rows, tokens = bench_shape(shape, a.steps, a.warmup, a.micro_batch_size, a.gpu)
-        base, ours = rows["plain-pytorch"], rows["ours megatron attn=auto linear=torch"]
+        base, ours = rows["plain-pytorch"], rows["ours megatron attn=auto linear=torch grads=direct"]
         for name, t in rows.items():
             line = (f"| {layers}x{d} seq{seq} h{heads} | {name} | {t * 1e3:.1f} | {tokens / t:.0f} | "
                     f"{t / base:.3f} | {t / ours:.3f} |")

@@ -70,6 +70,12 @@ class ParallelFlags:
     tensor_model_parallel_size: int = _f(1, "Tensor-parallel size.")
     pipeline_model_parallel_size: int = _f(1, "Pipeline-parallel size.")
     use_distributed_optimizer: bool = _f(False, "Shard optimizer state across data-parallel ranks.")
+    grad_buffer_impl: str = _f("direct", "Gradients in megatron-core DDP's grad buffer: 'direct' (each param.grad "
+                               "is a view of the buffer, so autograd accumulates there without megatron's "
+                               "per-parameter hooks, and the grad norm/clip is one op on the buffer; used only "
+                               "where exact: fp32 grads in an fp32 buffer, no overlapped reduction, TP=PP=1 for "
+                               "the norm) or 'megatron' (always megatron-core's hooks and list-based norm).",
+                               choices=["direct", "megatron"])
     cpu: bool = _f(False, "Force CPU mode (gloo) even when CUDA is available.")
     distributed_timeout_minutes: int = _f(10, "Timeout of collective operations.")
 

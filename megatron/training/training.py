@@ -112,9 +112,10 @@ def get_scheduler(args, optimizer):
 def build_model(model_provider, args) -> List[torch.nn.Module]:
     """One model chunk for this pipeline stage, on its device, wrapped in megatron-core DDP."""
     from megatron.core import parallel_state as ps
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.distributed import DistributedDataParallelConfig
     from megatron.core.transformer.module import Float16Module
     from megatron.training import cpu_compat
+    from megatron.training.grad_buffer import GradBufferDDP
     from megatron.training.model_setup import transformer_config_from_args
 
     config = transformer_config_from_args(args)
@@ -126,7 +127,7 @@ def build_model(model_provider, args) -> List[torch.nn.Module]:
         model = Float16Module(config, model)
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True,
                                                use_distributed_optimizer=args.use_distributed_optimizer)
-    model = DistributedDataParallel(config, ddp_config, model)
+    model = GradBufferDDP(config, ddp_config, model, grads_in_buffer=args.grad_buffer_impl == "direct")
     return [model]
 
 
@@ -159,11 +160,14 @@ def setup_model_and_optimizer(model_provider, args=None):
     """Model chunks (DDP-wrapped), megatron-core optimizer and LR scheduler, restored from --load if given."""
     from megatron.core.distributed import finalize_model_grads
     from megatron.core.optimizer import get_megatron_optimizer
+    from megatron.training import grad_buffer
 
     args = args or global_vars.get_args()
     model = build_model(model_provider, args)
     optimizer = get_megatron_optimizer(get_optimizer_config(args), model)
     _use_fused_adam_on_cpu(optimizer)
+    if args.grad_buffer_impl == "direct":
+        grad_buffer.install_flat_grad_norm(optimizer, model)
     scheduler = get_scheduler(args, optimizer)
     config = checkpointing.unwrap_model(model[0]).config
     config.finalize_model_grads_func = finalize_model_grads
@@ -256,9 +260,9 @@ def train_step(forward_step, data_iterator, model, optimizer, scheduler, args=No
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     args = args or global_vars.get_args()
-    for chunk in model:
-        chunk.zero_grad_buffer()
     optimizer.zero_grad()
+    for chunk in model:  # after the optimizer's zero_grad: GradBufferDDP points .grad back at the buffer
+        chunk.zero_grad_buffer()
     loss_dicts = get_forward_backward_func()(
         forward_step_func=forward_step, data_iterator=data_iterator, model=model,
         num_microbatches=args.num_microbatches, seq_length=args.seq_length,
