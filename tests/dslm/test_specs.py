@@ -142,6 +142,26 @@ def test_beta_applies_before_dropout():
     torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_unfused_merge_equals_python_scalar_arithmetic_bit_for_bit(dtype):
+    """λ is held as a 0-dim tensor for speed; value and gradients must be those of ``λ * x`` with a Python float."""
+    from megatron.dslm.specs import _unfused_scaled_bda
+
+    lam, beta = 0.998712345678, 0.0507
+    fn = _unfused_scaled_bda(False, lam, beta, None)
+    g = torch.Generator().manual_seed(0)
+    out = torch.randn(4, 3, 5, generator=g).to(dtype).requires_grad_()
+    res = torch.randn(4, 3, 5, generator=g).to(dtype).requires_grad_()
+    got = fn((out, None), res, 0.1)
+    want = torch.add(res * lam, out, alpha=beta)
+    assert got.dtype == dtype and torch.equal(got, want)
+    seed = torch.randn(4, 3, 5, generator=g).to(dtype)
+    got_grads = torch.autograd.grad(got, (out, res), seed)
+    want_grads = torch.autograd.grad(want, (out, res), seed)
+    for a, b in zip(got_grads, want_grads):
+        assert torch.equal(a, b)
+
+
 def test_post_ln_structure():
     from megatron.core.transformer.identity_op import IdentityOp
 
