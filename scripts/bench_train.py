@@ -38,6 +38,7 @@ import torch.nn.functional as F  # noqa: E402
 CPU_SHAPES = ["12x256", "96x64", "384x32"]
 GPU_SHAPES = ["24x1024:512", "192x256:512", "1000x128:256"]
 VOCAB = 1023  # +1 EOD = 1024: no padding differences between variants
+DEFAULT_FLAGS = "attn=auto linear=torch grads=direct"  # the variant name of pretrain_gpt.py's default path
 
 
 # ------------------------------------------------------------------------------------ plain PyTorch GPT
@@ -200,7 +201,7 @@ def bench_shape(shape, steps, warmup, mbs, gpu):
     for name, t in measured.items():
         rows[name] = t
         for scheme in ("megatron", "dslm"):
-            if name == f"ours {scheme} attn=auto linear=torch grads=direct":
+            if name == f"ours {scheme} {DEFAULT_FLAGS}":
                 rows[f"{name} +moments@100"] = (99 * t + hooked_t[scheme]) / 100
                 rows[f"  (one hooked step, {scheme})"] = hooked_t[scheme]
     tokens = mbs * seq
@@ -228,7 +229,7 @@ def main():
     print("\n".join(lines), flush=True)
     for shape in shapes:
         layers, d, seq, heads, rows, tokens = bench_shape(shape, a.steps, a.warmup, a.micro_batch_size, a.gpu)
-        base, ours = rows["plain-pytorch"], rows["ours megatron attn=auto linear=torch grads=direct"]
+        base, ours = rows["plain-pytorch"], rows[f"ours megatron {DEFAULT_FLAGS}"]
         for name, t in rows.items():
             line = (f"| {layers}x{d} seq{seq} h{heads} | {name} | {t * 1e3:.1f} | {tokens / t:.0f} | "
                     f"{t / base:.3f} | {t / ours:.3f} |")

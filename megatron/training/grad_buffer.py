@@ -56,7 +56,6 @@ class GradBufferDDP(DistributedDataParallel):
         # megatron keeps the accumulator nodes alive only so that its hooks stay registered; a dropped node
         # takes its hooks with it and autograd builds a hook-free one at the next forward.
         self.grad_accs.clear()
-        self._buffer_params: List[torch.nn.Parameter] = list(self.params_with_grad)
         self._alias_grads()
 
     def _make_backward_post_hook(self, param: torch.nn.Parameter):
@@ -69,7 +68,7 @@ class GradBufferDDP(DistributedDataParallel):
         return hook
 
     def _alias_grads(self) -> None:
-        for p in self._buffer_params:
+        for p in self.params_with_grad:
             if p.grad is not p.main_grad:
                 p.grad = p.main_grad
 
@@ -81,7 +80,7 @@ class GradBufferDDP(DistributedDataParallel):
     def finish_grad_sync(self, force_all_reduce: Optional[bool] = False):
         if self.grads_in_buffer:
             with torch.no_grad():
-                for p in self._buffer_params:
+                for p in self.params_with_grad:
                     g = p.grad
                     if g is not p.main_grad:
                         if g is not None:
@@ -114,10 +113,9 @@ def install_flat_grad_norm(optimizer, model_chunks) -> bool:
     from megatron.core.optimizer.optimizer import ChainedOptimizer, FP32Optimizer
     from megatron.core.transformer.module import param_is_not_shared
 
-    inners = getattr(optimizer, "chained_optimizers", None)
-    if not isinstance(optimizer, ChainedOptimizer) or inners is None or len(inners) != 1:
+    if not isinstance(optimizer, ChainedOptimizer) or len(optimizer.chained_optimizers) != 1:
         return False
-    inner = inners[0]
+    inner = optimizer.chained_optimizers[0]
     cfg = inner.config
     if (not isinstance(inner, FP32Optimizer) or inner.is_stub_optimizer
             or getattr(cfg, "use_precision_aware_optimizer_no_fp8_or_ds_fp8", False)

@@ -42,13 +42,19 @@ def _setup(impl, *extra):
                                  ddp=model[0], data=_FixedBatches())
 
 
-def _forward_backward(run):
-    """One step's forward and backward over 4 micro-batches, grads finalized into the buffer; no update."""
+def _forward_backward(run, detach_grads=False):
+    """One step's forward and backward over 4 micro-batches, grads finalized into the buffer; no update.
+
+    ``detach_grads``: reset every ``.grad`` with ``Module.zero_grad()`` after the buffers are zeroed.
+    """
     import pretrain_gpt
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     run.optimizer.zero_grad()
     run.ddp.zero_grad_buffer()
+    if detach_grads:
+        run.ddp.module.zero_grad(set_to_none=True)
+        assert all(p.grad is None for p in run.ddp.params_with_grad)
     get_forward_backward_func()(forward_step_func=pretrain_gpt.forward_step, data_iterator=run.data,
                                 model=run.model, num_microbatches=GLOBAL // MICRO, seq_length=SEQ,
                                 micro_batch_size=MICRO, decoder_seq_length=SEQ, forward_only=False)
@@ -93,19 +99,10 @@ def test_gradients_equal_megatron_hooks_bit_for_bit(runs):
 
 def test_grads_reset_by_someone_else_are_folded_into_the_buffer(runs):
     """``Module.zero_grad()`` between steps detaches .grad from the buffer; the gradient must still land there."""
-    import pretrain_gpt
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
     stock, direct = runs["megatron"], runs["direct"]
     _forward_backward(stock)
     expected = _main_grads(stock)
-    direct.optimizer.zero_grad()
-    direct.ddp.zero_grad_buffer()
-    direct.ddp.module.zero_grad(set_to_none=True)
-    assert all(p.grad is None for p in direct.ddp.params_with_grad)
-    get_forward_backward_func()(forward_step_func=pretrain_gpt.forward_step, data_iterator=direct.data,
-                                model=direct.model, num_microbatches=GLOBAL // MICRO, seq_length=SEQ,
-                                micro_batch_size=MICRO, decoder_seq_length=SEQ, forward_only=False)
+    _forward_backward(direct, detach_grads=True)
     got = _main_grads(direct)
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
@@ -133,7 +130,7 @@ def test_flat_grad_norm_and_clip_match_megatron():
         torch.testing.assert_close(p_d, p_s, rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_training_losses_match_megatron_over_steps(runs):
+def test_training_losses_match_megatron_over_steps():
     from megatron.training import training
     import pretrain_gpt
 
