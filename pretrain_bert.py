@@ -56,7 +56,7 @@ def add_bert_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def model_provider(pre_process: bool = True, post_process: bool = True, config=None):
     """megatron-core BertModel with tied MLM output and (unless --bert-no-binary-head) the binary head."""
-    from megatron.dslm.models import build_bert_model
+    from megatron.dslm.mcore.models import build_bert_model
     from megatron.training.global_vars import get_args
     from megatron.training.model_setup import fast_path_kwargs, init_table_from_args, transformer_config_from_args
 

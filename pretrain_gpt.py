@@ -10,7 +10,7 @@ import torch
 
 def model_provider(pre_process=True, post_process=True, config=None):
     """GPTModel built with the scheme's layer spec and initialised from its sigma table (layout-independent)."""
-    from megatron.dslm.models import build_gpt_model
+    from megatron.dslm.mcore.models import build_gpt_model
     from megatron.training import get_args
     from megatron.training.model_setup import fast_path_kwargs, init_table_from_args
 
@@ -52,7 +52,7 @@ def loss_func(loss_mask, output_tensor):
 
 
 def forward_step(data_iterator, model):
-    from megatron.training import cpu_compat
+    from megatron.training.perf import cpu_compat
 
     batch = next(data_iterator)
     device = torch.device("cpu") if cpu_compat.is_cpu_mode() else torch.device("cuda")

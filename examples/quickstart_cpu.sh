@@ -36,4 +36,4 @@ torchrun --standalone --nproc_per_node "$NPROC" pretrain_gpt.py \
   --save "$OUT/checkpoints" --save-interval "$ITERS" --tensorboard-dir "$OUT/tensorboard"
 
 echo "checkpoint: $OUT/checkpoints   moments: $OUT/tensorboard/moments.jsonl"
-echo "plot them:  python scripts/plot_moments.py --moments-file $OUT/tensorboard/moments.jsonl --out $OUT/moments.png"
+echo "plot them:  python -m megatron.dslm.plot_moments --moments-file $OUT/tensorboard/moments.jsonl --out $OUT/moments.png"

@@ -3,7 +3,7 @@
 Regenerates the DeepScaleLM reference's figure set (Kedia et al. 2024) with our stack: for the xavier baseline
 and DSLM, (1) Pre-LN forward variance, (2) Pre-LN backward gradient variance, (3) Post-LN backward gradient
 variance, plus the Post-LN variance before each LayerNorm (after it, the variance is 1 by construction). Each
-model is built by ``megatron.dslm.models.build_gpt_model`` (local spec, our init/residual specs), fed real
+model is built by ``megatron.dslm.mcore.models.build_gpt_model`` (local spec, our init/residual specs), fed real
 text, run forward+backward once per batch with the MomentObserver attached (dropout on, as in training).
 
     python scripts/signal_propagation_figures.py                  # CPU: 192 layers x 128 hidden (a few minutes)
@@ -73,7 +73,7 @@ def make_config(arch, device_is_cpu=True):
 
 
 def build_model(arch, table, vocab, seed, device):
-    from megatron.dslm.models import build_bert_model, build_gpt_model
+    from megatron.dslm.mcore.models import build_bert_model, build_gpt_model
 
     build = build_bert_model if arch.model_type == "bert" else build_gpt_model
     return build(make_config(arch), table, vocab_size=vocab, max_sequence_length=arch.seq_length,
@@ -100,7 +100,7 @@ def measure_embedding_corr(arch, scheme, batches, vocab, seed, device):
 
     The weights are key-seeded, so a 1-layer model with the same seed has exactly the big model's embeddings.
     """
-    from megatron.dslm.observers import _forward_sums, _moments_from_forward
+    from megatron.dslm.mcore.observers import _forward_sums, _moments_from_forward
     from megatron.dslm.schemes.registry import build_init_table
 
     small = dataclasses.replace(arch, num_layers=1, post_ln=False)
@@ -119,7 +119,7 @@ def measure_embedding_corr(arch, scheme, batches, vocab, seed, device):
 
 def measure_profile(arch, scheme, batches, vocab, seed, device):
     """Per-layer moment records of one model at init (dropout on), pooled over the batches."""
-    from megatron.dslm.observers import MomentObserver
+    from megatron.dslm.mcore.observers import MomentObserver
     from megatron.dslm.schemes.registry import build_init_table
 
     table = build_init_table(scheme, arch)
@@ -152,7 +152,7 @@ def average_records(runs):
 
 
 def predicted(arch, table, records):
-    from plot_moments import predicted_columns
+    from megatron.dslm.plot_moments import predicted_columns
 
     top = records[-1].get("grad_var")
     return predicted_columns(arch, table.scheme, top)
@@ -202,8 +202,8 @@ def main(argv=None):
     set_random_seed(args.seed)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
-    from megatron.dslm.schemes.table import ModelArch
-    from plot_moments import plot_profiles
+    from megatron.dslm.contract import ModelArch
+    from megatron.dslm.plot_moments import plot_profiles
 
     use_text = not args.mock_data and os.path.exists(args.data_path) and os.path.exists(args.vocab_file)
     if use_text:

@@ -56,7 +56,7 @@ class TaskSpec:
 
 def task_model_provider(spec: TaskSpec, pre_process: bool = True, post_process: bool = True, config=None):
     """The pretrained BERT body (built exactly like pretrain_bert.py's) with the task's head."""
-    from megatron.dslm.models import build_bert_model
+    from megatron.dslm.mcore.models import build_bert_model
     from megatron.training.model_setup import fast_path_kwargs, init_table_from_args, transformer_config_from_args
 
     from tasks.heads import BertWithHead, ClassificationHead, MultipleChoiceHead

@@ -19,7 +19,7 @@ from dataclasses import asdict
 from typing import List, Optional
 
 from .schemes.registry import SCHEME_NAMES, build_init_table
-from .schemes.table import ModelArch
+from .contract import ModelArch
 from .theory.predictor import Profile, predict_profile
 
 # exp((1 - corr) * logit_var) above ~e^4 means a few keys take most of the probability mass.

@@ -55,7 +55,7 @@ def _rank() -> int:
 
 def _rng_state() -> dict:
     from megatron.core import tensor_parallel
-    from megatron.training import cpu_compat
+    from megatron.training.perf import cpu_compat
 
     return {
         "random": random.getstate(),

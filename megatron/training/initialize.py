@@ -14,7 +14,7 @@ import socket
 import numpy as np
 import torch
 
-from megatron.training import apex_fallbacks, cpu_compat
+from megatron.training.perf import apex_fallbacks, cpu_compat
 
 
 def _free_port() -> int:
@@ -67,7 +67,7 @@ def set_random_seed(seed: int) -> None:
 
     Every rank gets the same python/numpy/torch seed (data order does not depend on it); megatron derives the
     tensor-parallel dropout streams from it. Parameter values do not depend on these streams at all: they are
-    drawn by ``megatron.dslm.weight_init`` from generators keyed on (seed, weight name, layer).
+    drawn by ``megatron.dslm.mcore.weight_init`` from generators keyed on (seed, weight name, layer).
     """
     from megatron.core import tensor_parallel
 

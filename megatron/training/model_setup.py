@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from megatron.dslm.schemes.table import InitTable, ModelArch
+from megatron.dslm.contract import InitTable, ModelArch
 
 DEFAULT_EMBEDDING_CORR = 0.221  # the reference's hard-coded r0; used only when nothing was measured
 

@@ -57,7 +57,7 @@ def initialize_megatron(extra_args_provider=None, args_defaults=None, argv=None)
     global_vars.set_args(args)
     global_vars.set_tokenizer(tokenizer)
     set_random_seed(args.seed)
-    from megatron.training import cpu_compat
+    from megatron.training.perf import cpu_compat
 
     print_rank_0(f"> world size {args.world_size} (TP {args.tensor_model_parallel_size}, PP "
                  f"{args.pipeline_model_parallel_size}, DP {args.data_parallel_size}), backend "
@@ -114,8 +114,8 @@ def build_model(model_provider, args) -> List[torch.nn.Module]:
     from megatron.core import parallel_state as ps
     from megatron.core.distributed import DistributedDataParallelConfig
     from megatron.core.transformer.module import Float16Module
-    from megatron.training import cpu_compat
-    from megatron.training.grad_buffer import GradBufferDDP
+    from megatron.training.perf import cpu_compat
+    from megatron.training.perf.grad_buffer import GradBufferDDP
     from megatron.training.model_setup import transformer_config_from_args
 
     config = transformer_config_from_args(args)
@@ -140,7 +140,7 @@ def _use_fused_adam_on_cpu(optimizer) -> None:
     ~60 ms per step at 96x64. ``fused=True`` runs one C++ kernel per parameter with the same AdamW arithmetic.
     On GPUs nothing changes (TE/apex FusedAdam, or torch's own defaults).
     """
-    from megatron.training import cpu_compat
+    from megatron.training.perf import cpu_compat
 
     if not cpu_compat.is_cpu_mode():
         return
@@ -160,7 +160,7 @@ def setup_model_and_optimizer(model_provider, args=None):
     """Model chunks (DDP-wrapped), megatron-core optimizer and LR scheduler, restored from --load if given."""
     from megatron.core.distributed import finalize_model_grads
     from megatron.core.optimizer import get_megatron_optimizer
-    from megatron.training import grad_buffer
+    from megatron.training.perf import grad_buffer
 
     args = args or global_vars.get_args()
     model = build_model(model_provider, args)
@@ -394,7 +394,7 @@ class _MomentLogging:
         self.observer = None
         if not self.interval:
             return
-        from megatron.dslm.observers import MomentObserver
+        from megatron.dslm.mcore.observers import MomentObserver
 
         self.observer = MomentObserver([checkpointing.unwrap_model(m) for m in model])
         self.path = args.moments_file or os.path.join(args.tensorboard_dir or args.save or ".", "moments.jsonl")
@@ -414,7 +414,7 @@ class _MomentLogging:
     def after(self, iteration: int):
         if not self.wants(iteration):
             return
-        from megatron.dslm.observers import write_moment_records
+        from megatron.dslm.mcore.observers import write_moment_records
 
         records = self.observer.collect()
         self.observer.detach()

@@ -1,4 +1,4 @@
-"""MLM head on the masked positions only (megatron/dslm/sparse_mlm.py) equals the dense BertModel computation."""
+"""MLM head on the masked positions only (megatron/training/perf/sparse_mlm.py) equals the dense BertModel computation."""
 
 import os
 import sys
@@ -25,8 +25,8 @@ def _batch(b=3, s=16, vocab=64, seed=0):
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_masked_positions_head_equals_dense(dropout):
-    from megatron.dslm.models import build_bert_model
-    from megatron.dslm.sparse_mlm import MaskedPositionsBertModel
+    from megatron.dslm.mcore.models import build_bert_model
+    from megatron.training.perf.sparse_mlm import MaskedPositionsBertModel
     from megatron.training.initialize import set_random_seed
 
     tokens, types, pad, loss_mask = _batch()
@@ -55,7 +55,7 @@ def test_masked_positions_head_equals_dense(dropout):
 
 def test_without_positions_it_is_the_stock_model():
     """Logits path (no labels) and a forward without mlm_positions behave exactly like BertModel."""
-    from megatron.dslm.models import build_bert_model
+    from megatron.dslm.mcore.models import build_bert_model
 
     tokens, types, pad, _ = _batch(seed=1)
     outs = []

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("single_process_megatron")
 @pytest.mark.parametrize("post_ln", [False, True])
 @pytest.mark.parametrize("explicit_mask", [False, True])
 def test_sdpa_matches_local_forward_and_gradients(post_ln, explicit_mask):
-    from megatron.dslm.models import build_gpt_model
+    from megatron.dslm.mcore.models import build_gpt_model
 
     tokens, pos, mask = causal_inputs(3, 16, 64, seed=11)
     results = []
@@ -40,8 +40,8 @@ def test_sdpa_matches_local_forward_and_gradients(post_ln, explicit_mask):
 
 def test_bert_sdpa_matches_local_with_padding_mask():
     """BERT (padding mask, bidirectional) with the SDPA core swapped in after construction."""
-    from megatron.dslm.models import build_bert_model
-    from megatron.dslm.fast_attention import SDPAttention
+    from megatron.dslm.mcore.models import build_bert_model
+    from megatron.training.perf.sdpa_attention import SDPAttention
 
     g = torch.Generator().manual_seed(3)
     tokens = torch.randint(0, 64, (3, 16), generator=g)

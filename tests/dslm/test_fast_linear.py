@@ -1,4 +1,4 @@
-"""``F.linear`` TP linears (megatron/dslm/fast_linear.py) equal megatron-core's autograd-Function path (fp32, CPU)."""
+"""``F.linear`` TP linears (megatron/training/perf/torch_linear.py) equal megatron-core's autograd-Function path (fp32, CPU)."""
 
 import os
 import sys
@@ -24,8 +24,8 @@ def _run(model, inputs):
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
 def test_torch_linears_match_megatron_gpt(post_ln, dropout):
     from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
-    from megatron.dslm.fast_linear import TorchColumnParallelLinear, TorchRowParallelLinear
-    from megatron.dslm.models import build_gpt_model
+    from megatron.training.perf.torch_linear import TorchColumnParallelLinear, TorchRowParallelLinear
+    from megatron.dslm.mcore.models import build_gpt_model
     from megatron.training.initialize import set_random_seed
 
     tokens, pos, _ = causal_inputs(3, 16, 64, seed=5)
@@ -60,7 +60,7 @@ def test_torch_linears_match_megatron_gpt(post_ln, dropout):
 
 def test_bias_is_returned_separately_when_activation_fusion_wants_it():
     """With bias_activation_fusion the MLP fuses bias+GeLU itself: fc1 must keep handing the bias back."""
-    from megatron.dslm.models import build_gpt_model
+    from megatron.dslm.mcore.models import build_gpt_model
 
     model = build_gpt_model(make_config(num_layers=1, hidden=32, heads=4, bias_activation_fusion=True),
                             hand_table(1, std=0.1), vocab_size=64, max_sequence_length=8, seed=1, torch_linear=True)
@@ -75,8 +75,8 @@ def test_bias_is_returned_separately_when_activation_fusion_wants_it():
 
 def test_tensor_parallel_layers_keep_megatron_path(monkeypatch):
     """A linear with a TP partner (faked here: group size 2) is swapped but must take megatron's own path."""
-    from megatron.dslm import fast_linear
-    from megatron.dslm.models import build_gpt_model
+    from megatron.training.perf import torch_linear as fast_linear
+    from megatron.dslm.mcore.models import build_gpt_model
 
     class _FakeGroup:
         def size(self):

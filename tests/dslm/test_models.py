@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("single_process_megatron")
 
 
 def test_builder_signatures_are_stable():
-    from megatron.dslm.models import build_bert_model, build_gpt_model
+    from megatron.dslm.mcore.models import build_bert_model, build_gpt_model
 
     gpt = inspect.signature(build_gpt_model).parameters
     assert list(gpt)[:2] == ["config", "table"]
@@ -33,7 +33,7 @@ def test_builder_signatures_are_stable():
 
 def test_middle_stage_and_untied_head():
     """A stage without embedding/head builds and initialises; an untied output layer gets the word-embedding σ."""
-    from megatron.dslm.models import build_gpt_model
+    from megatron.dslm.mcore.models import build_gpt_model
 
     table = hand_table(2, std=0.05)
     middle = build_gpt_model(make_config(num_layers=2), table, vocab_size=64, max_sequence_length=16,
@@ -54,7 +54,7 @@ def test_middle_stage_and_untied_head():
 
 def test_same_seed_same_weights_across_builders_and_flags():
     """fast_attention changes no weight; Post-LN adds only norms (weights of shared keys are identical)."""
-    from megatron.dslm.models import build_gpt_model
+    from megatron.dslm.mcore.models import build_gpt_model
 
     table = hand_table(2, std=0.05)
     a = dict(build_gpt_model(make_config(num_layers=2), table, vocab_size=64, max_sequence_length=16,
@@ -68,7 +68,7 @@ def test_same_seed_same_weights_across_builders_and_flags():
 
 
 def test_bert_builds_with_heads_and_loss():
-    from megatron.dslm.models import build_bert_model
+    from megatron.dslm.mcore.models import build_bert_model
 
     model = build_bert_model(make_config(num_layers=2), hand_table(2), vocab_size=64, max_sequence_length=16)
     assert model.output_layer.weight is None  # tied to the word embedding, as in BERT
@@ -103,9 +103,9 @@ def _per_layer_ratio(out, name, scheme, summary, key):
     import json
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "scripts"))
-    from plot_moments import predicted_columns
+    from megatron.dslm.plot_moments import predicted_columns
 
-    from megatron.dslm.schemes.table import ModelArch
+    from megatron.dslm.contract import ModelArch
 
     cfg = summary["config"]
     records = [json.loads(line) for line in (out / f"{name}_moments.jsonl").read_text().splitlines()]

@@ -76,8 +76,8 @@ def _logits_direct(q, k):
 
 @pytest.mark.parametrize("post_ln", [False, True])
 def test_observer_matches_direct_computation(post_ln):
-    from megatron.dslm.models import build_gpt_model
-    from megatron.dslm.observers import MomentObserver
+    from megatron.dslm.mcore.models import build_gpt_model
+    from megatron.dslm.mcore.observers import MomentObserver
 
     model = build_gpt_model(make_config(num_layers=3, hidden=32, heads=4), hand_table(3, std=0.1, lam=0.9, beta=0.5),
                             vocab_size=64, max_sequence_length=16, post_ln=post_ln, seed=2)
@@ -121,8 +121,8 @@ def test_observer_matches_direct_computation(post_ln):
 
 
 def test_observer_bert_and_fresh_stats_per_attach():
-    from megatron.dslm.models import build_bert_model
-    from megatron.dslm.observers import MomentObserver
+    from megatron.dslm.mcore.models import build_bert_model
+    from megatron.dslm.mcore.observers import MomentObserver
 
     model = build_bert_model(make_config(num_layers=2), hand_table(2, std=0.1), vocab_size=64,
                              max_sequence_length=16, post_ln=True)
@@ -146,7 +146,7 @@ def test_observer_bert_and_fresh_stats_per_attach():
 
 
 def test_write_moment_records(tmp_path):
-    from megatron.dslm.observers import write_moment_records
+    from megatron.dslm.mcore.observers import write_moment_records
 
     class FakeWriter:
         def __init__(self):
@@ -183,8 +183,8 @@ def test_moments_equal_tp1(layout_dumps, layout, kind):
 
 def test_plot_moments_script(tmp_path):
     """JSONL from the writer -> PNG, with the theory overlay from the model flags."""
-    from megatron.dslm.models import build_gpt_model
-    from megatron.dslm.observers import MomentObserver, write_moment_records
+    from megatron.dslm.mcore.models import build_gpt_model
+    from megatron.dslm.mcore.observers import MomentObserver, write_moment_records
 
     model = build_gpt_model(make_config(num_layers=2), hand_table(2, std=0.1), vocab_size=64, max_sequence_length=16)
     obs = MomentObserver(model).attach()
@@ -194,7 +194,7 @@ def test_plot_moments_script(tmp_path):
     write_moment_records(str(path), obs.collect(), 3)
     obs.detach()
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "scripts"))
-    import plot_moments
+    from megatron.dslm import plot_moments
 
     out = tmp_path / "m.png"
     plot_moments.main(["--moments-file", str(path), "--out", str(out), "--num-layers", "2", "--hidden-size", "32",
@@ -207,8 +207,8 @@ def test_plot_moments_script(tmp_path):
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_sdpa_attention_logit_moments_equal_local(with_mask):
     """The fused (SDPA) core never forms the scores; the observer recomputes them and must agree with local."""
-    from megatron.dslm.models import build_gpt_model
-    from megatron.dslm.observers import MomentObserver
+    from megatron.dslm.mcore.models import build_gpt_model
+    from megatron.dslm.mcore.observers import MomentObserver
 
     records = {}
     for fast in (False, True):

@@ -43,7 +43,7 @@ def test_identity_residual_reproduces_stock_gpt_bitwise():
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.models.gpt.gpt_model import GPTModel
 
-    from megatron.dslm.models import build_gpt_model
+    from megatron.dslm.mcore.models import build_gpt_model
 
     config = make_config(num_layers=3, dropout=0.1)
     ours = build_gpt_model(config, hand_table(3), vocab_size=64, max_sequence_length=16, seed=3)
@@ -66,7 +66,7 @@ def test_identity_residual_reproduces_stock_bert():
     from megatron.core.models.bert.bert_layer_specs import bert_layer_local_spec
     from megatron.core.models.bert.bert_model import BertModel
 
-    from megatron.dslm.models import build_bert_model
+    from megatron.dslm.mcore.models import build_bert_model
 
     config = make_config(num_layers=2, dropout=0.0)
     ours = build_bert_model(config, hand_table(2), vocab_size=64, max_sequence_length=16, seed=3)
@@ -100,7 +100,7 @@ def _hand_layer(layer, x, mask, lam, beta, post_ln):
 
 @pytest.mark.parametrize("post_ln", [False, True])
 def test_scaled_residual_matches_hand_computation(post_ln):
-    from megatron.dslm.models import build_gpt_model
+    from megatron.dslm.mcore.models import build_gpt_model
 
     lam, beta = 0.8, 0.6
     table = hand_table(2, std=0.2, lam=lam, beta=beta)
@@ -128,7 +128,7 @@ def test_scaled_residual_matches_hand_computation(post_ln):
 
 def test_beta_applies_before_dropout():
     """In training, the branch (output + bias) is scaled by β and then dropped out with the stock function."""
-    from megatron.dslm.specs import _scaled_bda
+    from megatron.dslm.mcore.specs import _scaled_bda
     from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 
     out = torch.randn(4, 3, 5)
@@ -145,7 +145,7 @@ def test_beta_applies_before_dropout():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_unfused_merge_equals_python_scalar_arithmetic_bit_for_bit(dtype):
     """λ is held as a 0-dim tensor for speed; value and gradients must be those of ``λ * x`` with a Python float."""
-    from megatron.dslm.specs import _unfused_scaled_bda
+    from megatron.dslm.mcore.specs import _unfused_scaled_bda
 
     lam, beta = 0.998712345678, 0.0507
     fn = _unfused_scaled_bda(False, lam, beta, None)
@@ -165,7 +165,7 @@ def test_unfused_merge_equals_python_scalar_arithmetic_bit_for_bit(dtype):
 def test_post_ln_structure():
     from megatron.core.transformer.identity_op import IdentityOp
 
-    from megatron.dslm.models import build_bert_model, build_gpt_model
+    from megatron.dslm.mcore.models import build_bert_model, build_gpt_model
 
     # σ = 0.5 so the LayerNorm eps (1e-5) is negligible against the embedding variance
     gpt = build_gpt_model(make_config(num_layers=2), hand_table(2, std=0.5), vocab_size=64, max_sequence_length=16,
@@ -192,7 +192,7 @@ def test_post_ln_structure():
 
 
 def test_lm_logit_scale_scales_logits():
-    from megatron.dslm.models import build_gpt_model
+    from megatron.dslm.mcore.models import build_gpt_model
 
     inputs = causal_inputs(2, 8, 64)
     outs = []
@@ -206,7 +206,7 @@ def test_lm_logit_scale_scales_logits():
 
 
 def test_relu_activation_and_fast_attention_match():
-    from megatron.dslm.models import build_gpt_model
+    from megatron.dslm.mcore.models import build_gpt_model
 
     inputs = causal_inputs(2, 8, 64)
     config = make_config(num_layers=2, activation_func=torch.nn.functional.relu)

@@ -38,7 +38,7 @@ def _check_std(tensor: torch.Tensor, expected: float, what: str) -> None:
 
 def check_model_against_table(model, table, kind: str) -> int:
     """Assert the std of every weight group equals the table's (per layer, Q/K/V rows separately)."""
-    from megatron.dslm.weight_init import qkv_row_std
+    from megatron.dslm.mcore.weight_init import qkv_row_std
 
     checked = 0
     block = model.decoder if kind == "gpt" else model.encoder
@@ -78,7 +78,7 @@ def check_model_against_table(model, table, kind: str) -> int:
 
 @pytest.mark.parametrize("kind", ["gpt", "bert"])
 def test_hand_table_std_per_group_and_layer(kind):
-    from megatron.dslm.models import build_bert_model, build_gpt_model
+    from megatron.dslm.mcore.models import build_bert_model, build_gpt_model
 
     table = hand_table(LAYERS, std=0.05, per_layer=True, qkv=(0.04, 0.08, 0.12))
     config = make_config(num_layers=LAYERS, hidden=HIDDEN, heads=HEADS)
@@ -88,7 +88,7 @@ def test_hand_table_std_per_group_and_layer(kind):
 
 
 def test_grouped_query_attention_rows():
-    from megatron.dslm.models import build_gpt_model
+    from megatron.dslm.mcore.models import build_gpt_model
 
     table = hand_table(2, std=0.05, qkv=(0.02, 0.1, 0.3))
     config = make_config(num_layers=2, hidden=HIDDEN, heads=HEADS, num_query_groups=2)
@@ -110,8 +110,8 @@ def test_scheme_std_per_group(scheme, kind):
     registry = _registry()
     if registry is None:
         pytest.skip("megatron.dslm.schemes.registry not available yet")
-    from megatron.dslm.models import build_bert_model, build_gpt_model
-    from megatron.dslm.schemes.table import ModelArch
+    from megatron.dslm.mcore.models import build_bert_model, build_gpt_model
+    from megatron.dslm.contract import ModelArch
 
     arch = ModelArch(num_layers=LAYERS, hidden_size=HIDDEN, num_attention_heads=HEADS, seq_length=64,
                      vocab_size=512, model_type=kind, num_tokentypes=2 if kind == "bert" else 0,
@@ -124,8 +124,8 @@ def test_scheme_std_per_group(scheme, kind):
 
 
 def test_key_seeded_and_no_global_rng():
-    from megatron.dslm.models import build_gpt_model
-    from megatron.dslm.weight_init import apply_init_table
+    from megatron.dslm.mcore.models import build_gpt_model
+    from megatron.dslm.mcore.weight_init import apply_init_table
 
     table = hand_table(2)
     config = make_config(num_layers=2)
@@ -144,7 +144,7 @@ def test_key_seeded_and_no_global_rng():
 
 
 def test_gated_mlp_rejected_and_layer_count_checked():
-    from megatron.dslm.models import build_gpt_model
+    from megatron.dslm.mcore.models import build_gpt_model
 
     with pytest.raises(NotImplementedError, match="ShardedTensorFactory"):
         build_gpt_model(make_config(num_layers=2, gated_linear_unit=True), hand_table(2), vocab_size=64,

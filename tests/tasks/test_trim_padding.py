@@ -41,7 +41,7 @@ def test_collate_trims_to_the_longest_row():
 
 @pytest.mark.usefixtures("single_process_megatron")
 def test_trimmed_batch_gives_the_same_bert_outputs():
-    from megatron.dslm.models import build_bert_model
+    from megatron.dslm.mcore.models import build_bert_model
     from tasks.finetune import collate
 
     items = [_item(6, 16, 0, seed=6), _item(11, 16, 1, seed=7)]

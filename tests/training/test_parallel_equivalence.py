@@ -1,6 +1,6 @@
 """TP / PP / DP layouts train the same model: per-iteration losses equal the 1-process run within 1e-5.
 
-This holds only because weights are drawn layout-independently (megatron.dslm.weight_init) and fp32 is used;
+This holds only because weights are drawn layout-independently (megatron.dslm.mcore.weight_init) and fp32 is used;
 dropout is off because tensor-parallel regions use per-rank dropout streams.
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Tuple
 
-from .table import InitTable, LayerInit, ModelArch
+from ..contract import InitTable, LayerInit, ModelArch
 
 RESIDUAL_TOLERANCE = 1e-6
 

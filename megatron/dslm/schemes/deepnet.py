@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from .common import xavier_layer_stds
-from .table import InitTable, ModelArch
+from ..contract import InitTable, ModelArch
 from .xavier import xavier_table
 
 

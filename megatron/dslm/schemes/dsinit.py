@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from .table import InitTable, ModelArch
+from ..contract import InitTable, ModelArch
 from .xavier import xavier_table
 
 _LINEAR_ROLES = ("query_std", "key_std", "value_std", "attn_proj_std", "fc1_std", "fc2_std")

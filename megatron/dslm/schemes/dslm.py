@@ -27,7 +27,7 @@ from ..theory.blocks import ffn_corr_map
 from ..theory.layers import dropout, residual_merge
 from ..theory.moments import Moments
 from .common import make_table, residual_scalars
-from .table import InitTable, LayerInit, ModelArch
+from ..contract import InitTable, LayerInit, ModelArch
 
 
 def dslm_ffn_stds(arch: ModelArch) -> Tuple[float, float]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from .common import build_layers, make_table, residual_scalars
-from .table import InitTable, ModelArch
+from ..contract import InitTable, ModelArch
 
 
 def dslm_simplified_table(arch: ModelArch) -> InitTable:

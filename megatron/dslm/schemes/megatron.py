@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from .common import build_layers, make_table
-from .table import InitTable, ModelArch
+from ..contract import InitTable, ModelArch
 
 
 def megatron_table(arch: ModelArch) -> InitTable:

@@ -7,7 +7,7 @@ from .dsinit import dsinit_table
 from .dslm import dslm_table
 from .dslm_simplified import dslm_simplified_table
 from .megatron import megatron_table
-from .table import InitTable, ModelArch
+from ..contract import InitTable, ModelArch
 from .xavier import xavier_table
 
 _BUILDERS = {

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..schemes.table import LayerInit, ModelArch
+from ..contract import LayerInit, ModelArch
 from .activations import activation, activation_backward
 from .attention import AttentionConfig, attention_logit_var, multi_head_attention, multi_head_attention_backward
 from .layers import (

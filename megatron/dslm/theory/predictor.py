@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Tuple
 
-from ..schemes.table import InitTable, ModelArch
+from ..contract import InitTable, ModelArch
 from .blocks import post_ln_layer, post_ln_layer_backward, pre_ln_layer, pre_ln_layer_backward
 from .layers import dropout, embeddings, layernorm
 from .moments import GradMoments, Moments

@@ -12,7 +12,7 @@ import pytest
 from megatron.dslm.schemes.common import residual_scalars
 from megatron.dslm.schemes.dslm import dslm_layer_corrs, attention_effective_corr
 from megatron.dslm.schemes.registry import SCHEME_NAMES, build_init_table
-from megatron.dslm.schemes.table import ModelArch
+from megatron.dslm.contract import ModelArch
 from megatron.dslm.theory.activations import gelu
 from megatron.dslm.theory.moments import Moments
 

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from megatron.dslm.schemes.table import InitTable, LayerInit
+from megatron.dslm.contract import InitTable, LayerInit
 
 
 def hand_table(num_layers: int, *, scheme: str = "hand", std: float = 0.02, out_std=None, qkv=None,

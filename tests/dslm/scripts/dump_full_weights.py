@@ -20,7 +20,7 @@ def gather_full_weights(model) -> dict:
     """{f"{key}#{layer}": full tensor} on rank 0 (None elsewhere), assembled from every rank's shards."""
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
-    from megatron.dslm.weight_init import _iter_sharded
+    from megatron.dslm.mcore.weight_init import _iter_sharded
 
     pieces = []
     for item in _iter_sharded(model.sharded_state_dict()):
@@ -49,7 +49,7 @@ def run_step_with_observer(model, config, kind: str, vocab: int, seq: int, micro
     """One forward+backward through megatron's schedule with the MomentObserver attached; records on rank 0."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from megatron.dslm.observers import MomentObserver
+    from megatron.dslm.mcore.observers import MomentObserver
 
     gen = torch.Generator().manual_seed(7)
     batches = []
@@ -103,7 +103,7 @@ def main():
     set_random_seed(1234)
     from common import hand_table, make_config
 
-    from megatron.dslm.models import build_bert_model, build_gpt_model
+    from megatron.dslm.mcore.models import build_bert_model, build_gpt_model
 
     pre = parallel_state.is_pipeline_first_stage()
     post = parallel_state.is_pipeline_last_stage()

@@ -9,7 +9,7 @@ import torch
 
 from megatron.dslm import simulate
 from megatron.dslm.schemes.registry import build_init_table
-from megatron.dslm.schemes.table import ModelArch
+from megatron.dslm.contract import ModelArch
 from megatron.dslm.theory import blocks
 from megatron.dslm.theory.moments import GradMoments, Moments
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from megatron.dslm.schemes.registry import build_init_table
-from megatron.dslm.schemes.table import ModelArch
+from megatron.dslm.contract import ModelArch
 from megatron.dslm.theory.predictor import predict_profile
 
 

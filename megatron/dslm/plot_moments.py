@@ -1,6 +1,6 @@
 """Draw per-layer moment profiles from a ``--moments-file`` JSONL, with the theory predictor overlaid.
 
-    python scripts/plot_moments.py --moments-file runs/x/moments.jsonl --iteration 1 --out runs/x/moments.png \
+    python -m megatron.dslm.plot_moments --moments-file runs/x/moments.jsonl --iteration 1 --out runs/x/moments.png \
         --num-layers 48 --hidden-size 128 --num-attention-heads 4 --seq-length 128 --init-scheme dslm
 
 One panel per quantity (forward_var, forward_corr, grad_var, pre_norm_var for Post-LN). The predicted line is
@@ -14,10 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Dict, List, Optional
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 PANELS = (("forward_var", "forward variance", True), ("forward_corr", "token correlation", False),
           ("grad_var", "gradient variance", True), ("pre_norm_var", "variance before LayerNorm (Post-LN)", True))
@@ -100,7 +97,7 @@ def plot_profiles(records: List[dict], out: str, title: str = "", predicted: Opt
 
 
 def _arch_from_args(args):
-    from megatron.dslm.schemes.table import ModelArch
+    from megatron.dslm.contract import ModelArch
 
     if args.overlay_config:
         with open(args.overlay_config, encoding="utf-8") as fh:

@@ -1,8 +1,8 @@
 """The contract between init schemes, the theory predictor and the model-init code.
 
 A scheme is a function ``ModelArch -> InitTable``. The predictor (``megatron.dslm.theory.predictor``) reads
-an ``InitTable`` to predict moments; ``megatron.dslm.weight_init.apply_init_table`` reads the *same* table to
-initialise a megatron-core model; ``megatron.dslm.specs`` reads its residual λ/β. No scheme's σ lives in two
+an ``InitTable`` to predict moments; ``megatron.dslm.mcore.weight_init.apply_init_table`` reads the *same* table to
+initialise a megatron-core model; ``megatron.dslm.mcore.specs`` reads its residual λ/β. No scheme's σ lives in two
 places.
 
 Conventions: every value is an absolute standard deviation (``*_std``), never a gain; biases start at 0 and
@@ -11,7 +11,7 @@ LayerNorm at (γ=1, β=0) for every scheme; ``layer_number`` is 1-based and glob
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 
@@ -97,9 +97,6 @@ class InitTable:
 
     def layer(self, layer_number: int) -> LayerInit:
         return self.layers[layer_number - 1]
-
-    def with_layers(self, layers) -> "InitTable":
-        return replace(self, layers=tuple(layers))
 
     @property
     def is_identity_residual(self) -> bool:

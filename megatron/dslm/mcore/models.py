@@ -2,7 +2,7 @@
 
 These are what ``model_provider`` calls. The megatron scheme with λ = β = 1 and Pre-LN gives the stock
 megatron-core model (stock layer callables, megatron's σ = 0.02 and 0.02/√(2N) on output projections), only
-initialised layout-independently (see :mod:`megatron.dslm.weight_init`).
+initialised layout-independently (see :mod:`megatron.dslm.mcore.weight_init`).
 """
 
 from __future__ import annotations
@@ -11,18 +11,18 @@ from megatron.core.models.bert.bert_model import BertModel
 from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron.dslm.fast_attention import use_sdpa_core_attention
-from megatron.dslm.fast_linear import use_torch_linears
-from megatron.dslm.schemes.table import InitTable
-from megatron.dslm.sparse_mlm import MaskedPositionsBertModel
-from megatron.dslm.specs import (
+from megatron.training.perf.sdpa_attention import use_sdpa_core_attention
+from megatron.training.perf.torch_linear import use_torch_linears
+from megatron.dslm.contract import InitTable
+from megatron.training.perf.sparse_mlm import MaskedPositionsBertModel
+from megatron.dslm.mcore.specs import (
     add_embedding_layernorm,
     add_lm_logit_scale,
     get_dslm_bert_layer_spec,
     get_dslm_gpt_layer_spec,
     remove_final_layernorm,
 )
-from megatron.dslm.weight_init import apply_init_table
+from megatron.dslm.mcore.weight_init import apply_init_table
 
 
 def _check_table(config: TransformerConfig, table: InitTable) -> None:
@@ -70,7 +70,7 @@ def build_gpt_model(config: TransformerConfig, table: InitTable, *, vocab_size: 
         fast_attention: core attention through ``torch.nn.functional.scaled_dot_product_attention``
             (equal to the local core within fp32 rounding; tests/dslm/test_fast_attention.py).
         torch_linear: TP linears call ``F.linear`` (bias folded) where they have nothing to communicate
-            (:mod:`megatron.dslm.fast_linear`; equal within fp32 rounding, tests/dslm/test_fast_linear.py).
+            (:mod:`megatron.training.perf.torch_linear`; equal within fp32 rounding, tests/dslm/test_fast_linear.py).
     """
     return _build(GPTModel, "decoder", get_dslm_gpt_layer_spec, config, table, post_ln, seed, fast_attention,
                   torch_linear,
@@ -88,7 +88,7 @@ def build_bert_model(config: TransformerConfig, table: InitTable, *, vocab_size:
 
     Post-LN here is original BERT's layout (embedding LN, a LN after every merge). Unlike BertModel's own
     default, the output layer is tied to the word embedding (as in BERT). ``masked_positions_lm_head`` builds
-    :class:`~megatron.dslm.sparse_mlm.MaskedPositionsBertModel` (LM head on the loss positions only when the
+    :class:`~megatron.training.perf.sparse_mlm.MaskedPositionsBertModel` (LM head on the loss positions only when the
     forward gets ``mlm_positions``).
     """
     model_cls = MaskedPositionsBertModel if masked_positions_lm_head else BertModel

@@ -23,7 +23,7 @@ flag but reads it nowhere):
       x'  = LN_post_mlp(λ_m·h + β_m·MLP(h))
       ... no final LayerNorm (the last layer already ends in one; removed by :func:`remove_final_layernorm`).
 
-λ/β are read per layer from an :class:`~megatron.dslm.schemes.table.InitTable` with the layer's global 1-based
+λ/β are read per layer from an :class:`~megatron.dslm.contract.InitTable` with the layer's global 1-based
 ``layer_number`` (pipeline offset included), passed through ``ModuleSpec.params``.
 """
 
@@ -40,7 +40,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer
 
-from megatron.dslm.schemes.table import InitTable
+from megatron.dslm.contract import InitTable
 
 
 def _scaled_bda(stock_bda: Callable, residual_scale: float, branch_scale: float,
@@ -185,7 +185,7 @@ def get_dslm_gpt_layer_spec(table: InitTable, post_ln: bool = False, use_te: boo
 
     Base: megatron-core's local spec. ``use_te`` (Transformer Engine) is accepted only when it imports and only
     for Pre-LN, where TE fuses the input norm into linear_qkv (untested here). ``fast_attention`` swaps the core
-    attention for :class:`~megatron.dslm.fast_attention.SDPAttention` (``torch.nn.functional.scaled_dot_product_attention``).
+    attention for :class:`~megatron.training.perf.sdpa_attention.SDPAttention` (``torch.nn.functional.scaled_dot_product_attention``).
     """
     if use_te and _have_transformer_engine() and not post_ln:
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
@@ -210,7 +210,7 @@ def get_dslm_bert_layer_spec(table: InitTable, post_ln: bool = False, fast_atten
 
 
 def _with_fast_attention(base: ModuleSpec) -> ModuleSpec:
-    from megatron.dslm.fast_attention import SDPAttention
+    from megatron.training.perf.sdpa_attention import SDPAttention
 
     submodules = copy.copy(base.submodules)
     attn = copy.copy(submodules.self_attention)

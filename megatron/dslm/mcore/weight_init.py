@@ -20,7 +20,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Union
 
 import torch
 
-from megatron.dslm.schemes.table import InitTable, LayerInit
+from megatron.dslm.contract import InitTable, LayerInit
 
 # Roles of the weights megatron-core's GPTModel/BertModel (local spec) and our specs expose, by key suffix.
 _EMBEDDING_ROLES = {
@@ -105,7 +105,7 @@ def _role_std(key: str, table: InitTable, layer_number: Optional[int], config, r
     is_qkv = key.endswith("linear_qkv.weight")
     layer_field = next((f for s, f in _LAYER_ROLES.items() if key.endswith(s)), None)
     if not is_qkv and layer_field is None:
-        raise KeyError(f"apply_init_table: no init role for weight '{key}' (add one to megatron/dslm/weight_init.py)")
+        raise KeyError(f"apply_init_table: no init role for weight '{key}' (add one to megatron/dslm/mcore/weight_init.py)")
     if layer_number is None:
         raise ValueError(f"apply_init_table: '{key}' is a layer weight but carries no layer axis")
     if layer_number > len(table.layers):

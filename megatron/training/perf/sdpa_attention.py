@@ -3,7 +3,7 @@
 megatron-core's local ``DotProductAttention`` materialises the [b, np, s, s] scores with baddbmm and a Python
 softmax; on CPU (and on GPUs without Transformer Engine) SDPA's fused kernels are markedly faster. Same
 inputs/outputs as ``DotProductAttention`` ([sq, b, np, hn] -> [sq, b, np·hn]); the scores are never formed, so
-:mod:`megatron.dslm.observers` recomputes them from Q and K on logged steps only.
+:mod:`megatron.dslm.mcore.observers` recomputes them from Q and K on logged steps only.
 """
 
 from __future__ import annotations
