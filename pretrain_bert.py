@@ -58,7 +58,8 @@ def model_provider(pre_process: bool = True, post_process: bool = True, config=N
     """megatron-core BertModel with tied MLM output and (unless --bert-no-binary-head) the binary head."""
     from megatron.dslm.mcore.models import build_bert_model
     from megatron.training.global_vars import get_args
-    from megatron.training.model_setup import fast_path_kwargs, init_table_from_args, transformer_config_from_args
+    from megatron.training.model_setup import init_table_from_args, transformer_config_from_args
+    from megatron.training.perf import SpeedOptions
 
     args = get_args()
     if config is None:
@@ -70,8 +71,7 @@ def model_provider(pre_process: bool = True, post_process: bool = True, config=N
         num_tokentypes=num_tokentypes_from_args(args),
         add_binary_head=binary_head_from_args(args),
         pre_process=pre_process, post_process=post_process,
-        **fast_path_kwargs(args),
-        masked_positions_lm_head=masked_positions_from_args(args),
+        speed=SpeedOptions.from_args(args),
         post_ln=bool(getattr(args, "apply_residual_connection_post_layernorm", False)),
         seed=args.seed,
     )

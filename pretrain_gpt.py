@@ -12,7 +12,8 @@ def model_provider(pre_process=True, post_process=True, config=None):
     """GPTModel built with the scheme's layer spec and initialised from its sigma table (layout-independent)."""
     from megatron.dslm.mcore.models import build_gpt_model
     from megatron.training import get_args
-    from megatron.training.model_setup import fast_path_kwargs, init_table_from_args
+    from megatron.training.model_setup import init_table_from_args
+    from megatron.training.perf import SpeedOptions
 
     args = get_args()
     table = init_table_from_args(args, "gpt")
@@ -21,7 +22,7 @@ def model_provider(pre_process=True, post_process=True, config=None):
         pre_process=pre_process, post_process=post_process,
         post_ln=args.apply_residual_connection_post_layernorm, seed=args.seed,
         share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
-        **fast_path_kwargs(args))
+        speed=SpeedOptions.from_args(args))
 
 
 def datasets_provider(num_samples):

@@ -9,6 +9,8 @@ epoch-end or ``--exit-interval`` checkpoint; finetuning progress rides in the ch
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import os
@@ -57,7 +59,8 @@ class TaskSpec:
 def task_model_provider(spec: TaskSpec, pre_process: bool = True, post_process: bool = True, config=None):
     """The pretrained BERT body (built exactly like pretrain_bert.py's) with the task's head."""
     from megatron.dslm.mcore.models import build_bert_model
-    from megatron.training.model_setup import fast_path_kwargs, init_table_from_args, transformer_config_from_args
+    from megatron.training.model_setup import init_table_from_args, transformer_config_from_args
+    from megatron.training.perf import SpeedOptions
 
     from tasks.heads import BertWithHead, ClassificationHead, MultipleChoiceHead
 
@@ -69,7 +72,8 @@ def task_model_provider(spec: TaskSpec, pre_process: bool = True, post_process: 
         num_tokentypes=args.num_tokentypes, add_binary_head=True,  # the pooler comes with the binary head
         pre_process=pre_process, post_process=post_process,
         post_ln=args.apply_residual_connection_post_layernorm, seed=args.seed,
-        **fast_path_kwargs(args))
+        # task heads read every position: the masked-positions MLM path does not apply
+        speed=dataclasses.replace(SpeedOptions.from_args(args), masked_positions_mlm=False))
     head = None
     if post_process:
         if spec.multiple_choice:

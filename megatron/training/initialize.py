@@ -14,7 +14,8 @@ import socket
 import numpy as np
 import torch
 
-from megatron.training.perf import apex_fallbacks, cpu_compat
+from megatron.training import perf
+from megatron.training.perf import cpu_compat
 
 
 def _free_port() -> int:
@@ -32,9 +33,7 @@ def initialize_distributed(
     """Create the default process group (NCCL on GPUs, gloo in CPU mode) and megatron's parallel groups."""
     from megatron.core import parallel_state
 
-    if cpu_compat.cpu_mode_wanted(force_cpu):
-        cpu_compat.enable_cpu_mode()
-    apex_fallbacks.install()  # foreach multi-tensor ops where megatron fell back to its Python loops
+    perf.install_process_wide(force_cpu)  # CPU shim (CPU mode only), foreach multi-tensor fallbacks
     if not torch.distributed.is_initialized():
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")

@@ -48,11 +48,6 @@ def transformer_config_from_args(args):
     )
 
 
-def fast_path_kwargs(args) -> dict:
-    """``build_gpt_model``/``build_bert_model`` keyword arguments selected by --attention-backend/--linear-impl."""
-    return {"fast_attention": args.attention_backend != "local", "torch_linear": args.linear_impl == "torch"}
-
-
 def model_arch_from_args(args, model_type: str = "gpt") -> ModelArch:
     """The parallel-layout-free description that schemes and the theory predictor read."""
     vocab = getattr(args, "padded_vocab_size", None) or args.vocab_size or 30522

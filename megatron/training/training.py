@@ -114,8 +114,8 @@ def build_model(model_provider, args) -> List[torch.nn.Module]:
     from megatron.core import parallel_state as ps
     from megatron.core.distributed import DistributedDataParallelConfig
     from megatron.core.transformer.module import Float16Module
+    from megatron.training import perf
     from megatron.training.perf import cpu_compat
-    from megatron.training.perf.grad_buffer import GradBufferDDP
     from megatron.training.model_setup import transformer_config_from_args
 
     config = transformer_config_from_args(args)
@@ -127,47 +127,20 @@ def build_model(model_provider, args) -> List[torch.nn.Module]:
         model = Float16Module(config, model)
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True,
                                                use_distributed_optimizer=args.use_distributed_optimizer)
-    model = GradBufferDDP(config, ddp_config, model, grads_in_buffer=args.grad_buffer_impl == "direct")
+    model = perf.wrap_ddp(config, ddp_config, model, args.grad_buffer_impl)
     return [model]
-
-
-def _use_fused_adam_on_cpu(optimizer) -> None:
-    """In CPU mode, run megatron's torch-Adam fallback with torch's fused CPU kernel.
-
-    megatron-core builds ``torch.optim.AdamW`` without ``fused``/``foreach`` when TE and apex are missing, and
-    torch then takes its per-parameter Python loop on CPU (``foreach`` is no better there: CPU has no multi-tensor
-    kernels, so it loops too). Deep-narrow models have thousands of small parameters, so that loop cost
-    ~60 ms per step at 96x64. ``fused=True`` runs one C++ kernel per parameter with the same AdamW arithmetic.
-    On GPUs nothing changes (TE/apex FusedAdam, or torch's own defaults).
-    """
-    from megatron.training.perf import cpu_compat
-
-    if not cpu_compat.is_cpu_mode():
-        return
-    for inner in getattr(optimizer, "chained_optimizers", None) or [optimizer]:
-        torch_opt = getattr(inner, "optimizer", None)
-        if not isinstance(torch_opt, (torch.optim.Adam, torch.optim.AdamW)):
-            continue
-        for group in torch_opt.param_groups:
-            if group.get("differentiable") or any(p.dtype not in (torch.float32, torch.float16, torch.bfloat16,
-                                                                   torch.float64) for p in group["params"]):
-                continue
-            group["foreach"] = False
-            group["fused"] = True
 
 
 def setup_model_and_optimizer(model_provider, args=None):
     """Model chunks (DDP-wrapped), megatron-core optimizer and LR scheduler, restored from --load if given."""
     from megatron.core.distributed import finalize_model_grads
     from megatron.core.optimizer import get_megatron_optimizer
-    from megatron.training.perf import grad_buffer
+    from megatron.training import perf
 
     args = args or global_vars.get_args()
     model = build_model(model_provider, args)
     optimizer = get_megatron_optimizer(get_optimizer_config(args), model)
-    _use_fused_adam_on_cpu(optimizer)
-    if args.grad_buffer_impl == "direct":
-        grad_buffer.install_flat_grad_norm(optimizer, model)
+    optimizer = perf.apply_to_optimizer(optimizer, model, args.grad_buffer_impl)
     scheduler = get_scheduler(args, optimizer)
     config = checkpointing.unwrap_model(model[0]).config
     config.finalize_model_grads_func = finalize_model_grads
@@ -183,7 +156,7 @@ def setup_model_and_optimizer(model_provider, args=None):
             print_rank_0(f"> resumed from {args.load} at iteration {args.iteration}")
         elif checkpointing.read_tracker(args.load) is None:
             print_rank_0(f"> no checkpoint under --load {args.load}: starting from scratch")
-        _use_fused_adam_on_cpu(optimizer)  # a loaded state dict brings its own param-group flags
+        perf.after_optimizer_load(optimizer)
     n_params = sum(p.numel() for p in model[0].parameters())
     print_rank_0(f"> parameters on rank 0 (first pipeline stage, one TP shard): {n_params:,}")
     return model, optimizer, scheduler

@@ -1,5 +1,6 @@
 """MLM head on the masked positions only (megatron/training/perf/sparse_mlm.py) equals the dense BertModel computation."""
 
+from megatron.training.perf import SpeedOptions
 import os
 import sys
 
@@ -34,7 +35,7 @@ def test_masked_positions_head_equals_dense(dropout):
     for sparse in (False, True):
         model = build_bert_model(make_config(num_layers=2, hidden=32, heads=4, dropout=dropout),
                                  hand_table(2, std=0.2), vocab_size=64, max_sequence_length=16, seed=3,
-                                 masked_positions_lm_head=sparse)
+                                 speed=SpeedOptions(masked_positions_mlm=sparse))
         assert isinstance(model, MaskedPositionsBertModel) == sparse
         set_random_seed(7)
         extra = {"mlm_positions": loss_mask} if sparse else {}
@@ -61,7 +62,7 @@ def test_without_positions_it_is_the_stock_model():
     outs = []
     for sparse in (False, True):
         model = build_bert_model(make_config(num_layers=1, hidden=32, heads=4), hand_table(1, std=0.2),
-                                 vocab_size=64, max_sequence_length=16, seed=3, masked_positions_lm_head=sparse)
+                                 vocab_size=64, max_sequence_length=16, seed=3, speed=SpeedOptions(masked_positions_mlm=sparse))
         logits, _ = model(tokens, pad, tokentype_ids=types)
         loss, _ = model(tokens, pad, tokentype_ids=types, lm_labels=tokens)
         outs.append((logits.detach(), loss.detach()))

@@ -1,5 +1,6 @@
 """The SDPA attention core equals megatron-core's local attention (fp32, CPU): outputs and every gradient."""
 
+from megatron.training.perf import SpeedOptions
 import os
 import sys
 
@@ -24,7 +25,7 @@ def test_sdpa_matches_local_forward_and_gradients(post_ln, explicit_mask):
     for fast in (False, True):
         model = build_gpt_model(make_config(num_layers=3, hidden=64, heads=4),
                                 hand_table(3, std=0.3, lam=0.8, beta=0.6), vocab_size=64, max_sequence_length=16,
-                                seed=4, post_ln=post_ln, fast_attention=fast)
+                                seed=4, post_ln=post_ln, speed=SpeedOptions(sdpa_attention=fast))
         out = model(tokens, pos, mask if explicit_mask else None, labels=tokens)
         out.float().mean().backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -51,7 +52,7 @@ def test_bert_sdpa_matches_local_with_padding_mask():
     results = []
     for fast in (False, True):
         model = build_bert_model(make_config(num_layers=2, hidden=64, heads=4), hand_table(2, std=0.3),
-                                 vocab_size=64, max_sequence_length=16, seed=4, fast_attention=fast)
+                                 vocab_size=64, max_sequence_length=16, seed=4, speed=SpeedOptions(sdpa_attention=fast))
         cores = [m for m in model.modules() if isinstance(m, SDPAttention)]
         assert len(cores) == (2 if fast else 0)
         lm, binary = model(tokens, pad, tokentype_ids=types, lm_labels=tokens)

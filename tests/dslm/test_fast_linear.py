@@ -1,5 +1,6 @@
 """``F.linear`` TP linears (megatron/training/perf/torch_linear.py) equal megatron-core's autograd-Function path (fp32, CPU)."""
 
+from megatron.training.perf import SpeedOptions
 import os
 import sys
 
@@ -33,7 +34,7 @@ def test_torch_linears_match_megatron_gpt(post_ln, dropout):
     for fast in (False, True):
         model = build_gpt_model(make_config(num_layers=3, hidden=64, heads=4, dropout=dropout),
                                 hand_table(3, std=0.3, lam=0.8, beta=0.6), vocab_size=64, max_sequence_length=16,
-                                seed=4, post_ln=post_ln, torch_linear=fast)
+                                seed=4, post_ln=post_ln, speed=SpeedOptions(torch_linear=fast))
         linears = [m for m in model.modules() if isinstance(m, (ColumnParallelLinear, RowParallelLinear))]
         fast_ones = [m for m in linears if isinstance(m, (TorchColumnParallelLinear, TorchRowParallelLinear))]
         # 4 per layer (qkv, proj, fc1, fc2) + the output layer; all on the fast path at TP=1
@@ -63,7 +64,7 @@ def test_bias_is_returned_separately_when_activation_fusion_wants_it():
     from megatron.dslm.mcore.models import build_gpt_model
 
     model = build_gpt_model(make_config(num_layers=1, hidden=32, heads=4, bias_activation_fusion=True),
-                            hand_table(1, std=0.1), vocab_size=64, max_sequence_length=8, seed=1, torch_linear=True)
+                            hand_table(1, std=0.1), vocab_size=64, max_sequence_length=8, seed=1, speed=SpeedOptions(torch_linear=True))
     layer = model.decoder.layers[0]
     x = torch.randn(8, 2, 32)
     out, bias = layer.mlp.linear_fc1(x)
@@ -83,7 +84,7 @@ def test_tensor_parallel_layers_keep_megatron_path(monkeypatch):
             return 2
 
     model = build_gpt_model(make_config(num_layers=1, hidden=32, heads=4), hand_table(1, std=0.1), vocab_size=64,
-                            max_sequence_length=8, seed=1, torch_linear=False)
+                            max_sequence_length=8, seed=1, speed=SpeedOptions(torch_linear=False))
     fc1 = model.decoder.layers[0].mlp.linear_fc1
     real_group = fc1.tp_group
     fc1.tp_group = _FakeGroup()

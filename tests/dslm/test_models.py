@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from megatron.training.perf import SpeedOptions
 import inspect
 import os
 import sys
@@ -23,11 +24,11 @@ def test_builder_signatures_are_stable():
     gpt = inspect.signature(build_gpt_model).parameters
     assert list(gpt)[:2] == ["config", "table"]
     for name in ("vocab_size", "max_sequence_length", "pre_process", "post_process", "post_ln", "seed",
-                 "share_embeddings_and_output_weights", "position_embedding_type", "fast_attention"):
+                 "share_embeddings_and_output_weights", "position_embedding_type", "speed"):
         assert gpt[name].kind is inspect.Parameter.KEYWORD_ONLY, name
     bert = inspect.signature(build_bert_model).parameters
     for name in ("vocab_size", "max_sequence_length", "num_tokentypes", "add_binary_head", "pre_process",
-                 "post_process", "post_ln", "seed"):
+                 "post_process", "post_ln", "seed", "speed"):
         assert bert[name].kind is inspect.Parameter.KEYWORD_ONLY, name
 
 
@@ -60,7 +61,7 @@ def test_same_seed_same_weights_across_builders_and_flags():
     a = dict(build_gpt_model(make_config(num_layers=2), table, vocab_size=64, max_sequence_length=16,
                              seed=9).named_parameters())
     b = dict(build_gpt_model(make_config(num_layers=2), table, vocab_size=64, max_sequence_length=16, seed=9,
-                             fast_attention=True, post_ln=True).named_parameters())
+                             speed=SpeedOptions(sdpa_attention=True), post_ln=True).named_parameters())
     shared = [n for n in a if n in b]
     assert len(shared) >= 10
     for name in shared:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from megatron.training.perf import SpeedOptions
 import json
 import math
 import os
@@ -213,7 +214,7 @@ def test_sdpa_attention_logit_moments_equal_local(with_mask):
     records = {}
     for fast in (False, True):
         model = build_gpt_model(make_config(num_layers=2, hidden=32, heads=4), hand_table(2, std=0.2),
-                                vocab_size=64, max_sequence_length=16, seed=3, fast_attention=fast)
+                                vocab_size=64, max_sequence_length=16, seed=3, speed=SpeedOptions(sdpa_attention=fast))
         obs = MomentObserver([model]).attach()
         tokens, pos, mask = causal_inputs(2, 8, 64, seed=5)
         (model(tokens, pos, mask if with_mask else None) ** 2).mean().backward()

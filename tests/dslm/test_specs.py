@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from megatron.training.perf import SpeedOptions
 import os
 import sys
 
@@ -213,7 +214,7 @@ def test_relu_activation_and_fast_attention_match():
     outs = []
     for fast in (False, True):
         model = build_gpt_model(config, hand_table(2, std=0.1, lam=0.9, beta=0.5), vocab_size=64,
-                                max_sequence_length=16, seed=8, fast_attention=fast)
+                                max_sequence_length=16, seed=8, speed=SpeedOptions(sdpa_attention=fast))
         model.eval()
         with torch.no_grad():
             outs.append(model(*inputs))

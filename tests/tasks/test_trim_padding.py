@@ -1,5 +1,6 @@
 """Finetuning micro-batches cut to their longest sequence: shapes, and the BERT outputs are unchanged."""
 
+from megatron.training.perf import SpeedOptions
 import os
 import sys
 
@@ -46,7 +47,7 @@ def test_trimmed_batch_gives_the_same_bert_outputs():
 
     items = [_item(6, 16, 0, seed=6), _item(11, 16, 1, seed=7)]
     model = build_bert_model(make_config(num_layers=2, hidden=32, heads=4), hand_table(2, std=0.2), vocab_size=64,
-                             max_sequence_length=16, seed=2, fast_attention=True, torch_linear=True)
+                             max_sequence_length=16, seed=2, speed=SpeedOptions(sdpa_attention=True, torch_linear=True))
     model.eval()
     outs = []
     for trim in (False, True):

@@ -71,12 +71,13 @@ def runs():
 
 def test_direct_mode_is_selected_only_by_the_flag(runs):
     from megatron.core.optimizer.optimizer import ChainedOptimizer
+    from megatron.training.perf.grad_buffer import FlatGradNormOptimizer
 
     stock, direct = runs["megatron"], runs["direct"]
     assert not stock.ddp.grads_in_buffer and direct.ddp.grads_in_buffer
     assert direct.ddp.grad_accs == [] and len(stock.ddp.grad_accs) == len(stock.ddp.params_with_grad)
-    assert "step" not in vars(stock.optimizer)  # megatron's ChainedOptimizer.step
-    assert vars(direct.optimizer)["step"] is not ChainedOptimizer.step
+    assert type(stock.optimizer) is ChainedOptimizer  # megatron's own step
+    assert isinstance(direct.optimizer, FlatGradNormOptimizer) and type(direct.optimizer.wrapped) is ChainedOptimizer
     for p in direct.ddp.params_with_grad:
         assert p.grad is p.main_grad
 
@@ -144,7 +145,7 @@ def test_training_losses_match_megatron_over_steps():
 
 
 def test_falls_back_where_grads_cannot_alias_the_buffer():
-    from megatron.training.perf.grad_buffer import grads_can_alias_buffer, install_flat_grad_norm
+    from megatron.training.perf.grad_buffer import grads_can_alias_buffer, with_flat_grad_norm
 
     cfg = types.SimpleNamespace(gradient_accumulation_fusion=False, cuda_graph_impl="none")
     ddp_cfg = types.SimpleNamespace(overlap_grad_reduce=False, delay_wgrad_compute=False, use_megatron_fsdp=False)
@@ -156,7 +157,8 @@ def test_falls_back_where_grads_cannot_alias_the_buffer():
                                       [fp32])
     assert not grads_can_alias_buffer(types.SimpleNamespace(**{**vars(cfg), "gradient_accumulation_fusion": True}),
                                       ddp_cfg, [fp32])
-    assert install_flat_grad_norm(object(), []) is False
+    sentinel = object()
+    assert with_flat_grad_norm(sentinel, []) is sentinel
 
 
 def test_buffer_grad_norm_is_as_accurate_as_per_parameter_norms():

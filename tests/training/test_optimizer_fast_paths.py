@@ -73,8 +73,8 @@ def test_install_replaces_only_local_fallbacks():
 
 
 def test_fused_cpu_adamw_matches_reference_loop():
-    """What _use_fused_adam_on_cpu switches to gives the per-parameter AdamW result (5 steps, weight decay)."""
-    from megatron.training.training import _use_fused_adam_on_cpu
+    """What use_fused_cpu_adam switches to gives the per-parameter AdamW result (5 steps, weight decay)."""
+    from megatron.training.perf.fused_adam import use_fused_cpu_adam
 
     params = [torch.nn.Parameter(t) for t in _tensors(2)]
     ref_params = [torch.nn.Parameter(t.detach().clone()) for t in params]
@@ -85,7 +85,7 @@ def test_fused_cpu_adamw_matches_reference_loop():
 
     opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1, foreach=False)
     ref = torch.optim.AdamW(ref_params, lr=1e-2, weight_decay=0.1, foreach=False)
-    _use_fused_adam_on_cpu(_Wrapped(opt))
+    use_fused_cpu_adam(_Wrapped(opt))
     assert opt.param_groups[0]["fused"] is True and opt.param_groups[0]["foreach"] is False
     for step in range(5):
         grads = _tensors(10 + step)

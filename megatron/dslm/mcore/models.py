@@ -11,10 +11,7 @@ from megatron.core.models.bert.bert_model import BertModel
 from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron.training.perf.sdpa_attention import use_sdpa_core_attention
-from megatron.training.perf.torch_linear import use_torch_linears
 from megatron.dslm.contract import InitTable
-from megatron.training.perf.sparse_mlm import MaskedPositionsBertModel
 from megatron.dslm.mcore.specs import (
     add_embedding_layernorm,
     add_lm_logit_scale,
@@ -23,6 +20,8 @@ from megatron.dslm.mcore.specs import (
     remove_final_layernorm,
 )
 from megatron.dslm.mcore.weight_init import apply_init_table
+from megatron.training import perf
+from megatron.training.perf import SpeedOptions
 
 
 def _check_table(config: TransformerConfig, table: InitTable) -> None:
@@ -35,11 +34,11 @@ def _check_table(config: TransformerConfig, table: InitTable) -> None:
 
 
 def _build(model_cls, block_name: str, spec_fn, config: TransformerConfig, table: InitTable, post_ln: bool,
-           seed: int, fast_attention: bool, torch_linear: bool, **model_kwargs):
-    """Spec -> model -> Post-LN fix-ups -> LM logit scale -> torch linears -> layout-independent init."""
+           seed: int, speed: SpeedOptions, **model_kwargs):
+    """Spec -> model -> Post-LN fix-ups -> LM logit scale -> speed paths -> layout-independent init."""
     post_ln = bool(post_ln or config.apply_residual_connection_post_layernorm)
     _check_table(config, table)
-    spec = spec_fn(table, post_ln=post_ln, fast_attention=fast_attention)
+    spec = spec_fn(table, post_ln=post_ln, speed=speed)
     model = model_cls(config=config, transformer_layer_spec=spec, **model_kwargs)
     if post_ln:
         remove_final_layernorm(getattr(model, block_name))
@@ -47,8 +46,7 @@ def _build(model_cls, block_name: str, spec_fn, config: TransformerConfig, table
         add_embedding_layernorm(model.embedding, config)
     if model.post_process:
         add_lm_logit_scale(model.output_layer, table.lm_logit_scale)
-    if torch_linear:
-        use_torch_linears(model)
+    perf.apply_to_model(model, speed, bert=block_name == "encoder")
     apply_init_table(model, table, seed)
     return model
 
@@ -56,8 +54,8 @@ def _build(model_cls, block_name: str, spec_fn, config: TransformerConfig, table
 def build_gpt_model(config: TransformerConfig, table: InitTable, *, vocab_size: int, max_sequence_length: int,
                     pre_process: bool = True, post_process: bool = True, post_ln: bool = False, seed: int = 1234,
                     share_embeddings_and_output_weights: bool = True,
-                    position_embedding_type: str = "learned_absolute", fast_attention: bool = False,
-                    torch_linear: bool = False) -> GPTModel:
+                    position_embedding_type: str = "learned_absolute",
+                    speed: SpeedOptions = perf.STOCK) -> GPTModel:
     """A megatron-core ``GPTModel`` with λ/β residual scaling, optional Post-LN, initialised from ``table``.
 
     Args:
@@ -67,13 +65,9 @@ def build_gpt_model(config: TransformerConfig, table: InitTable, *, vocab_size: 
         post_ln: Post-LN (``LN(λx + βF(x))``, embedding LN, no final LN); also selected by
             ``config.apply_residual_connection_post_layernorm``.
         seed: weight seed; the same seed gives the same full weights at every TP/PP layout.
-        fast_attention: core attention through ``torch.nn.functional.scaled_dot_product_attention``
-            (equal to the local core within fp32 rounding; tests/dslm/test_fast_attention.py).
-        torch_linear: TP linears call ``F.linear`` (bias folded) where they have nothing to communicate
-            (:mod:`megatron.training.perf.torch_linear`; equal within fp32 rounding, tests/dslm/test_fast_linear.py).
+        speed: the opt-in speed paths to build with (:mod:`megatron.training.perf`; stock by default).
     """
-    return _build(GPTModel, "decoder", get_dslm_gpt_layer_spec, config, table, post_ln, seed, fast_attention,
-                  torch_linear,
+    return _build(GPTModel, "decoder", get_dslm_gpt_layer_spec, config, table, post_ln, seed, speed,
                   vocab_size=vocab_size, max_sequence_length=max_sequence_length, pre_process=pre_process,
                   post_process=post_process, position_embedding_type=position_embedding_type,
                   share_embeddings_and_output_weights=share_embeddings_and_output_weights)
@@ -82,22 +76,17 @@ def build_gpt_model(config: TransformerConfig, table: InitTable, *, vocab_size: 
 def build_bert_model(config: TransformerConfig, table: InitTable, *, vocab_size: int, max_sequence_length: int,
                      num_tokentypes: int = 2, add_binary_head: bool = True, pre_process: bool = True,
                      post_process: bool = True, post_ln: bool = False, seed: int = 1234,
-                     share_embeddings_and_output_weights: bool = True, fast_attention: bool = False,
-                     torch_linear: bool = False, masked_positions_lm_head: bool = False) -> BertModel:
+                     share_embeddings_and_output_weights: bool = True,
+                     speed: SpeedOptions = perf.STOCK) -> BertModel:
     """A megatron-core ``BertModel`` (padding-mask attention) built and initialised like :func:`build_gpt_model`.
 
     Post-LN here is original BERT's layout (embedding LN, a LN after every merge). Unlike BertModel's own
-    default, the output layer is tied to the word embedding (as in BERT). ``masked_positions_lm_head`` builds
-    :class:`~megatron.training.perf.sparse_mlm.MaskedPositionsBertModel` (LM head on the loss positions only when the
-    forward gets ``mlm_positions``).
+    default, the output layer is tied to the word embedding (as in BERT). ``speed.masked_positions_mlm`` builds
+    the masked-positions LM-head subclass (LM head on the loss positions only when the forward gets
+    ``mlm_positions``).
     """
-    model_cls = MaskedPositionsBertModel if masked_positions_lm_head else BertModel
-    # The SDPA core goes in after construction: BertModel's mask-layout check only accepts megatron's own
-    # DotProductAttention class in the spec (see fast_attention.use_sdpa_core_attention).
-    model = _build(model_cls, "encoder", get_dslm_bert_layer_spec, config, table, post_ln, seed, False, torch_linear,
-                   num_tokentypes=num_tokentypes, vocab_size=vocab_size, max_sequence_length=max_sequence_length,
-                   pre_process=pre_process, post_process=post_process, add_binary_head=add_binary_head,
-                   share_embeddings_and_output_weights=share_embeddings_and_output_weights)
-    if fast_attention:
-        use_sdpa_core_attention(model)
-    return model
+    return _build(perf.bert_model_class(speed), "encoder", get_dslm_bert_layer_spec, config, table, post_ln, seed,
+                  speed, num_tokentypes=num_tokentypes, vocab_size=vocab_size,
+                  max_sequence_length=max_sequence_length, pre_process=pre_process, post_process=post_process,
+                  add_binary_head=add_binary_head,
+                  share_embeddings_and_output_weights=share_embeddings_and_output_weights)

@@ -30,7 +30,6 @@ flag but reads it nowhere):
 from __future__ import annotations
 
 import copy
-import warnings
 from typing import Callable, Optional
 
 import torch
@@ -171,54 +170,28 @@ def _dslm_layer_spec(base: ModuleSpec, table: InitTable, post_ln: bool) -> Modul
     return ModuleSpec(module=ScaledResidualTransformerLayer, params=params, submodules=submodules)
 
 
-def _have_transformer_engine() -> bool:
-    try:
-        import transformer_engine  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-def get_dslm_gpt_layer_spec(table: InitTable, post_ln: bool = False, use_te: bool = False,
-                            fast_attention: bool = False) -> ModuleSpec:
+def get_dslm_gpt_layer_spec(table: InitTable, post_ln: bool = False, speed=None) -> ModuleSpec:
     """GPT layer spec with λ/β residual scaling from ``table`` (Post-LN if ``post_ln``).
 
-    Base: megatron-core's local spec. ``use_te`` (Transformer Engine) is accepted only when it imports and only
-    for Pre-LN, where TE fuses the input norm into linear_qkv (untested here). ``fast_attention`` swaps the core
-    attention for :class:`~megatron.training.perf.sdpa_attention.SDPAttention` (``torch.nn.functional.scaled_dot_product_attention``).
+    Base: megatron-core's local spec (Transformer Engine's spec is not used). ``speed`` may put the SDPA core
+    attention in (:func:`megatron.training.perf.gpt_layer_spec`).
     """
-    if use_te and _have_transformer_engine() and not post_ln:
-        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
-        base = get_gpt_layer_with_transformer_engine_spec()
-    else:
-        if use_te:
-            warnings.warn("Transformer Engine unavailable or Post-LN asked: using the local layer spec")
-        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
-        base = get_gpt_layer_local_spec()
-    if fast_attention:
-        base = _with_fast_attention(base)
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.training import perf
+
+    base = perf.gpt_layer_spec(get_gpt_layer_local_spec(), speed or perf.STOCK)
     return _dslm_layer_spec(base, table, post_ln)
 
 
-def get_dslm_bert_layer_spec(table: InitTable, post_ln: bool = False, fast_attention: bool = False) -> ModuleSpec:
-    """BERT (padding-mask) layer spec with λ/β residual scaling from ``table`` (Post-LN if ``post_ln``)."""
+def get_dslm_bert_layer_spec(table: InitTable, post_ln: bool = False, speed=None) -> ModuleSpec:
+    """BERT (padding-mask) layer spec with λ/β residual scaling from ``table`` (Post-LN if ``post_ln``).
+
+    ``speed`` is accepted for symmetry: BertModel rejects a non-stock core attention in the spec, so the SDPA
+    core goes in after construction (:func:`megatron.training.perf.apply_to_model`).
+    """
     from megatron.core.models.bert.bert_layer_specs import bert_layer_local_spec
-    base = bert_layer_local_spec
-    if fast_attention:
-        base = _with_fast_attention(base)
-    return _dslm_layer_spec(base, table, post_ln)
 
-
-def _with_fast_attention(base: ModuleSpec) -> ModuleSpec:
-    from megatron.training.perf.sdpa_attention import SDPAttention
-
-    submodules = copy.copy(base.submodules)
-    attn = copy.copy(submodules.self_attention)
-    attn_sub = copy.copy(attn.submodules)
-    attn_sub.core_attention = SDPAttention
-    attn.submodules = attn_sub
-    submodules.self_attention = attn
-    return ModuleSpec(module=base.module, params=dict(base.params or {}), submodules=submodules)
+    return _dslm_layer_spec(bert_layer_local_spec, table, post_ln)
 
 
 # ---------------------------------------------------------------------------------------------------------

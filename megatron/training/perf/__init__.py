@@ -1,0 +1,147 @@
+"""Opt-in speed paths, all in this package and all applied from here.
+
+Each path replaces one piece of stock megatron-core / torch behaviour with a faster one that computes the same
+thing. :data:`SPEED_PATHS` lists them with the flag that controls each, what it replaces and the exactness it
+guarantees; ``docs/performance.md`` has the measurements. The rest of the code asks this module for a layer spec,
+a model class, a DDP wrapper or an optimizer and never imports a path directly, so turning every flag to its
+stock value (``--attention-backend local --linear-impl megatron --grad-buffer-impl megatron
+--mlm-head-positions all``) gives stock megatron-core code.
+
+The CPU shim (:mod:`.cpu_compat`) also lives here: it is not a speed path but the other thing that swaps
+megatron-core behaviour, and it is applied only in CPU mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Tuple
+
+
+@dataclass(frozen=True)
+class SpeedPath:
+    """One row of the table: what a path is, who switches it, what it replaces and how exact it is."""
+
+    name: str
+    flag: str
+    replaces: str
+    exactness: str
+    applies_when: str
+
+
+SPEED_PATHS: Tuple[SpeedPath, ...] = (
+    SpeedPath("cpu_compat", "--cpu (or no CUDA device)",
+              "torch.cuda device/RNG/synchronize calls and CUDA tensor-type checks inside megatron-core",
+              "bitwise (only device placement and type names change)", "CPU mode only; never on a GPU"),
+    SpeedPath("apex_fallbacks", "always (when apex/TE are missing)",
+              "megatron.core.utils.local_multi_tensor_l2_norm / local_multi_tensor_scale Python loops",
+              "norm <= 1e-6 relative; scale bitwise", "only where megatron fell back to its local loops"),
+    SpeedPath("sdpa_attention", "--attention-backend {auto,sdpa} (local = stock)",
+              "megatron-core's unfused DotProductAttention core",
+              "<= 1e-6 relative (fp32)", "local layer spec; causal and padding masks"),
+    SpeedPath("torch_linear", "--linear-impl torch (megatron = stock)",
+              "ColumnParallelLinear/RowParallelLinear autograd Function at TP=1",
+              "<= 1e-6 relative (bias added inside the GEMM)",
+              "linears with nothing to communicate (TP=1, no SP, no fused grad accumulation)"),
+    SpeedPath("sparse_mlm", "--mlm-head-positions masked (all = stock)",
+              "BertModel's LM head and vocabulary projection on every token",
+              "<= 1e-6 relative at every masked position; same loss", "BERT without sequence parallelism"),
+    SpeedPath("grad_buffer", "--grad-buffer-impl direct (megatron = stock)",
+              "megatron DDP's per-parameter grad hooks and list-based grad norm/clip",
+              "bitwise grads; grad norm <= 1e-7 relative",
+              "fp32 grads in an fp32 buffer, no overlapped reduction; norm at TP=PP=1"),
+    SpeedPath("fused_adam", "always in CPU mode",
+              "torch AdamW's per-parameter Python loop (megatron's no-apex fallback)",
+              "<= 1e-6 relative (same AdamW arithmetic in one C++ kernel)", "CPU mode only"),
+)
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """Which model-level paths a build uses (process-wide and optimizer paths are decided from ``args``)."""
+
+    sdpa_attention: bool = False
+    torch_linear: bool = False
+    masked_positions_mlm: bool = False
+
+    @classmethod
+    def from_args(cls, args) -> "SpeedOptions":
+        return cls(sdpa_attention=args.attention_backend != "local",
+                   torch_linear=args.linear_impl == "torch",
+                   masked_positions_mlm=getattr(args, "mlm_head_positions", "all") == "masked")
+
+
+STOCK = SpeedOptions()
+
+
+def install_process_wide(force_cpu: bool = False) -> List[str]:
+    """CPU shim (CPU mode only) and the foreach multi-tensor fallbacks; call before building megatron objects."""
+    from megatron.training.perf import apex_fallbacks, cpu_compat
+
+    applied = []
+    if cpu_compat.cpu_mode_wanted(force_cpu):
+        cpu_compat.enable_cpu_mode()
+        applied.append("cpu_compat")
+    applied += apex_fallbacks.install()
+    return applied
+
+
+def gpt_layer_spec(spec, options: SpeedOptions = STOCK):
+    """The GPT layer spec with the SDPA core attention when asked (it goes in through the spec)."""
+    if not options.sdpa_attention:
+        return spec
+    from megatron.training.perf.sdpa_attention import with_sdpa_core_attention
+
+    return with_sdpa_core_attention(spec)
+
+
+def bert_model_class(options: SpeedOptions = STOCK):
+    """megatron-core's BertModel, or the masked-positions LM-head subclass."""
+    if options.masked_positions_mlm:
+        from megatron.training.perf.sparse_mlm import MaskedPositionsBertModel
+
+        return MaskedPositionsBertModel
+    from megatron.core.models.bert.bert_model import BertModel
+
+    return BertModel
+
+
+def apply_to_model(model, options: SpeedOptions = STOCK, bert: bool = False):
+    """Paths that act on built modules: SDPA core for BERT (its mask check rejects it in the spec), TP linears."""
+    if options.sdpa_attention and bert:
+        from megatron.training.perf.sdpa_attention import use_sdpa_core_attention
+
+        use_sdpa_core_attention(model)
+    if options.torch_linear:
+        from megatron.training.perf.torch_linear import use_torch_linears
+
+        use_torch_linears(model)
+    return model
+
+
+def wrap_ddp(config, ddp_config, module, grad_buffer_impl: str = "direct"):
+    """megatron-core DDP, with grads as views of its buffer where that is exact (``--grad-buffer-impl``)."""
+    from megatron.training.perf.grad_buffer import GradBufferDDP
+
+    return GradBufferDDP(config, ddp_config, module, grads_in_buffer=grad_buffer_impl == "direct")
+
+
+def apply_to_optimizer(optimizer, model_chunks, grad_buffer_impl: str = "direct"):
+    """Fused CPU AdamW (CPU mode) and the flat-buffer grad norm; returns the optimizer to use."""
+    from megatron.training.perf import cpu_compat
+    from megatron.training.perf.fused_adam import use_fused_cpu_adam
+    from megatron.training.perf.grad_buffer import with_flat_grad_norm
+
+    if cpu_compat.is_cpu_mode():
+        use_fused_cpu_adam(optimizer)
+    if grad_buffer_impl == "direct":
+        optimizer = with_flat_grad_norm(optimizer, model_chunks)
+    return optimizer
+
+
+def after_optimizer_load(optimizer) -> None:
+    """A loaded optimizer state dict brings its own param-group flags: re-apply the CPU fused kernel."""
+    from megatron.training.perf import cpu_compat
+    from megatron.training.perf.fused_adam import use_fused_cpu_adam
+
+    if cpu_compat.is_cpu_mode():
+        use_fused_cpu_adam(optimizer)

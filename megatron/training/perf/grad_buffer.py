@@ -8,7 +8,7 @@ step (profiled); the whole step got 54 ms faster (1028 -> 974 ms, interleaved).
 
 ``GradBufferDDP`` makes each ``param.grad`` a view of its ``main_grad`` (what torch DDP calls
 ``gradient_as_bucket_view``): autograd's own C++ accumulator then adds into the buffer in place, with the same
-result bit for bit, and megatron's hooks are dropped. :func:`install_flat_grad_norm` computes the grad norm
+result bit for bit, and megatron's hooks are dropped. :class:`FlatGradNormOptimizer` computes the grad norm
 as one reduction over the buffer and clips with one multiply. Both are used only where they are exact
 (fp32 grads in fp32 buffers, no overlapped reduction, no fused grad accumulation, TP = PP = 1 for the norm);
 everything else runs megatron-core's own code. ``--grad-buffer-impl megatron`` turns both off.
@@ -101,13 +101,12 @@ def buffer_grad_norm(grad_data: List[torch.Tensor], chunk: int = 1 << 16) -> flo
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(pieces))).item()
 
 
-def install_flat_grad_norm(optimizer, model_chunks) -> bool:
-    """Let ``optimizer.step()`` take the grad norm and clip on the DDP buffers; False where that is not exact.
+def flat_grad_norm_possible(optimizer, model_chunks) -> bool:
+    """Whether the grad norm and clip may be taken on the DDP buffers with megatron's result.
 
     Exact when a ``ChainedOptimizer`` holds one ``FP32Optimizer`` whose parameters are exactly the buffers'
     parameters, none shared or a tensor-parallel duplicate, and the grad statistics group has one rank (no
     tensor or pipeline parallelism). Data parallelism is fine: the buffers hold the already reduced gradients.
-    The step keeps ``ChainedOptimizer.step``'s order and return value: prepare, norm, clip, zeros, update.
     """
     from megatron.core import tensor_parallel
     from megatron.core.optimizer.optimizer import ChainedOptimizer, FP32Optimizer
@@ -130,22 +129,41 @@ def install_flat_grad_norm(optimizer, model_chunks) -> bool:
     buffer_params = [p for c in model_chunks for p in c.params_with_grad]
     if {id(p) for p in params} != {id(p) for p in buffer_params} or len(params) != len(buffer_params):
         return False
-    if not all(param_is_not_shared(p) and tensor_parallel.param_is_not_tensor_parallel_duplicate(p)
-               for p in params):
-        return False
+    return all(param_is_not_shared(p) and tensor_parallel.param_is_not_tensor_parallel_duplicate(p)
+               for p in params)
+
+
+class FlatGradNormOptimizer:
+    """A megatron-core optimizer whose ``step()`` takes the grad norm and clips on the flat DDP buffers.
+
+    Everything but ``step`` is the wrapped optimizer's (attribute access is delegated). The step keeps
+    ``ChainedOptimizer.step``'s order and return value: prepare, norm, clip, zeros, update.
+    """
+
+    def __init__(self, optimizer, model_chunks):
+        self.wrapped = optimizer
+        self._grad_data = [b.grad_data for c in model_chunks for b in c.buffers]
+        self._clip_grad = optimizer.chained_optimizers[0].config.clip_grad
+
+    def __getattr__(self, name):
+        return getattr(self.wrapped, name)
 
     @torch.no_grad()
-    def step():
-        if optimizer.prepare_grads():
+    def step(self):
+        opt = self.wrapped
+        if opt.prepare_grads():
             return False, None, None
-        grad_data = [b.grad_data for c in model_chunks for b in c.buffers]
-        grad_norm = buffer_grad_norm(grad_data)
-        if cfg.clip_grad > 0.0:
-            clip_coeff = cfg.clip_grad / (grad_norm + 1.0e-6)  # megatron's clip_grad_by_total_norm_fp32
+        grad_norm = buffer_grad_norm(self._grad_data)
+        if self._clip_grad > 0.0:
+            clip_coeff = self._clip_grad / (grad_norm + 1.0e-6)  # megatron's clip_grad_by_total_norm_fp32
             if clip_coeff < 1.0:
-                torch._foreach_mul_(grad_data, clip_coeff)
-        num_zeros = optimizer.count_zeros() if optimizer.config.log_num_zeros_in_grad else None
-        return optimizer.step_with_ready_grads(), grad_norm, num_zeros
+                torch._foreach_mul_(self._grad_data, clip_coeff)
+        num_zeros = opt.count_zeros() if opt.config.log_num_zeros_in_grad else None
+        return opt.step_with_ready_grads(), grad_norm, num_zeros
 
-    optimizer.step = step
-    return True
+
+def with_flat_grad_norm(optimizer, model_chunks):
+    """``optimizer`` wrapped in :class:`FlatGradNormOptimizer` where that is exact, else ``optimizer`` itself."""
+    if not flat_grad_norm_possible(optimizer, model_chunks):
+        return optimizer
+    return FlatGradNormOptimizer(optimizer, model_chunks)

@@ -8,11 +8,14 @@ inputs/outputs as ``DotProductAttention`` ([sq, b, np, hn] -> [sq, b, np·hn]); 
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from megatron.core import tensor_parallel
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.spec_utils import ModuleSpec
 
 
 class SDPAttention(DotProductAttention):
@@ -55,6 +58,17 @@ class SDPAttention(DotProductAttention):
         # [b, np, s, hn] -> [s, b, np·hn]
         ctx = ctx.permute(2, 0, 1, 3).contiguous()
         return ctx.view(ctx.size(0), ctx.size(1), -1)
+
+
+def with_sdpa_core_attention(base: ModuleSpec) -> ModuleSpec:
+    """A copy of a local layer spec whose self-attention core is :class:`SDPAttention`."""
+    submodules = copy.copy(base.submodules)
+    attn = copy.copy(submodules.self_attention)
+    attn_sub = copy.copy(attn.submodules)
+    attn_sub.core_attention = SDPAttention
+    attn.submodules = attn_sub
+    submodules.self_attention = attn
+    return ModuleSpec(module=base.module, params=dict(base.params or {}), submodules=submodules)
 
 
 def use_sdpa_core_attention(model: torch.nn.Module) -> int:
