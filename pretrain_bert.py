@@ -72,7 +72,6 @@ def model_provider(pre_process: bool = True, post_process: bool = True, config=N
         add_binary_head=binary_head_from_args(args),
         pre_process=pre_process, post_process=post_process,
         speed=SpeedOptions.from_args(args),
-        post_ln=bool(getattr(args, "apply_residual_connection_post_layernorm", False)),
         seed=args.seed,
     )
 
@@ -180,15 +179,16 @@ def datasets_provider(train_val_test_num_samples):
 # ---------------------------------------------------------------------------------------- forward step
 
 def get_batch(data_iterator):
-    """Next micro-batch; tensor-parallel ranks read it from TP rank 0 so every rank sees the same one."""
+    """Next micro-batch on the model's device; TP ranks read it from TP rank 0 so every rank sees the same one."""
     from megatron.core import parallel_state, tensor_parallel
+    from megatron.training.device import to_input_device
 
     if parallel_state.get_tensor_model_parallel_world_size() > 1:
         data = next(data_iterator) if parallel_state.get_tensor_model_parallel_rank() == 0 else None
         batch = tensor_parallel.broadcast_data(list(_BATCH_KEYS_INT), data, torch.int64)
     else:
-        batch = {k: v for k, v in next(data_iterator).items() if k in _BATCH_KEYS_INT}
-    return {k: torch.as_tensor(v).long() for k, v in batch.items()}
+        batch = {k: torch.as_tensor(v) for k, v in next(data_iterator).items() if k in _BATCH_KEYS_INT}
+    return to_input_device(batch, torch.int64)
 
 
 def loss_func(loss_mask: torch.Tensor, is_random: torch.Tensor, output_tensor):

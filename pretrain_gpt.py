@@ -20,7 +20,7 @@ def model_provider(pre_process=True, post_process=True, config=None):
     return build_gpt_model(
         config, table, vocab_size=args.padded_vocab_size, max_sequence_length=args.max_position_embeddings,
         pre_process=pre_process, post_process=post_process,
-        post_ln=args.apply_residual_connection_post_layernorm, seed=args.seed,
+        seed=args.seed,
         share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
         speed=SpeedOptions.from_args(args))
 
@@ -53,17 +53,12 @@ def loss_func(loss_mask, output_tensor):
 
 
 def forward_step(data_iterator, model):
-    from megatron.training.perf import cpu_compat
+    from megatron.training.device import to_input_device
 
-    batch = next(data_iterator)
-    device = torch.device("cpu") if cpu_compat.is_cpu_mode() else torch.device("cuda")
-    tokens = batch["tokens"].to(device, non_blocking=True).long()
-    labels = batch["labels"].to(device, non_blocking=True).long()
-    loss_mask = batch["loss_mask"].to(device, non_blocking=True)
-    position_ids = batch["position_ids"].to(device, non_blocking=True).long()
+    batch = to_input_device(next(data_iterator))
+    tokens, labels = batch["tokens"].long(), batch["labels"].long()
+    loss_mask, position_ids = batch["loss_mask"], batch["position_ids"].long()
     attention_mask = batch.get("attention_mask")
-    if attention_mask is not None:
-        attention_mask = attention_mask.to(device, non_blocking=True)
     output = model(tokens, position_ids, attention_mask, labels=labels)
     return output, partial(loss_func, loss_mask)
 

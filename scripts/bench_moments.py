@@ -9,25 +9,21 @@ Three variants share one process and one data batch:
 Every step is timed. Runs are interleaved in blocks of ``--interval`` steps, the variant order rotating
 from block to block, so slow drifts of a shared CPU (other processes, thermal, page cache) hit every
 variant alike. A round is ``--iters`` steps of each variant; the reported per-variant numbers are the
-median over ``--rounds`` rounds of the round mean (what the issue asks: the average over 200 iterations)
+median over ``--rounds`` rounds of the round mean (the average over ``--iters`` steps)
 and, as a noise-robust cross-check, the overhead estimated from medians of single steps:
 (median hooked step - median plain step) / interval.
-Targets (issue 4 / 7): moments@100 <= 3 % over dslm; dslm vs megatron <= 2 % apart.
+Targets: moments@100 <= 3 % over dslm; dslm vs megatron <= 2 % apart.
 
     python scripts/bench_moments.py [--shape 24x64] [--iters 200] [--rounds 5]
     OMP_NUM_THREADS=1 python scripts/bench_moments.py --clock cpu     # on a VM with noisy neighbours
 """
 
 import argparse
-import os
 import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import bench_train  # noqa: E402
+import bench_train  # run as a script: scripts/ is on sys.path
 
 
 def timed_block(step, hooked, n, clock):

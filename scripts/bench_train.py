@@ -23,17 +23,18 @@ variants' steps are interleaved round-robin and the median per variant is report
 from __future__ import annotations
 
 import argparse
-import math
+import importlib.util
 import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CPU_SHAPES = ["12x256", "96x64", "384x32"]
 GPU_SHAPES = ["24x1024:512", "192x256:512", "1000x128:256"]
@@ -121,14 +122,26 @@ class _Batches:
         return self.batch
 
 
+def pretrain_gpt():
+    """The root-level entry script as a module (entry scripts are not part of the installed package)."""
+    if "pretrain_gpt" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("pretrain_gpt", REPO / "pretrain_gpt.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules["pretrain_gpt"] = module
+    return sys.modules["pretrain_gpt"]
+
+
 def megatron_step_fn(layers, d, heads, seq, mbs, scheme, backend, gpu, stock=False, linear_impl="torch",
                      grad_buffer="direct"):
-    import pretrain_gpt
     from megatron.training import training
+    from megatron.training.metrics import MomentLogging
+
+    entry = pretrain_gpt()
 
     args = training.initialize_megatron(argv=_argv(layers, d, heads, seq, mbs, scheme, backend, gpu)
                                         + ["--linear-impl", linear_impl, "--grad-buffer-impl", grad_buffer])
-    provider = pretrain_gpt.model_provider
+    provider = entry.model_provider
     if stock:
         from megatron.core.models.gpt import GPTModel
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
@@ -138,10 +151,10 @@ def megatron_step_fn(layers, d, heads, seq, mbs, scheme, backend, gpu, stock=Fal
                             max_sequence_length=seq, pre_process=pre_process, post_process=post_process)
     model, optimizer, scheduler = training.setup_model_and_optimizer(provider, args)
     data = _Batches(mbs, seq)
-    moments = training._MomentLogging(args, model)
+    moments = MomentLogging(args, model)
 
     def step():
-        training.train_step(pretrain_gpt.forward_step, data, model, optimizer, scheduler, args)
+        training.train_step(entry.forward_step, data, model, optimizer, scheduler, args)
 
     def hooked_step():
         moments.before(100)

@@ -22,11 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from megatron.dslm.schemes.registry import SCHEME_NAMES
+from tasks.tapt import write_pair_documents
 
-from megatron.dslm.schemes.registry import SCHEME_NAMES  # noqa: E402
-from tasks.data.glue import read_mnli  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run(cmd, log: Path) -> float:
@@ -50,20 +49,6 @@ def majority(path: Path) -> tuple:
     labels = [line.rstrip("\n").split("\t")[-1] for line in open(path, encoding="utf-8").readlines()[1:]]
     label, count = collections.Counter(labels).most_common(1)[0]
     return label, count / len(labels)
-
-
-def write_pair_documents(tsv: Path, rows: int, out) -> int:
-    """The first `rows` MNLI pairs as loose-JSON documents "premise. hypothesis" (labels unused); returns the count.
-
-    A premise without final punctuation gets a " ." so the sentence splitter cuts between the two texts and
-    BERT's dataset sees them as two segments (the finetuning layout)."""
-    examples = read_mnli([str(tsv)]).examples[:rows]
-    for ex in examples:
-        premise = ex.text_a.strip()
-        if not premise.endswith((".", "!", "?", '"', "'")):
-            premise += " ."
-        out.write(json.dumps({"text": f"{premise}\n{ex.text_b.strip()}"}) + "\n")
-    return len(examples)
 
 
 def best_of(save: Path) -> dict:

@@ -21,14 +21,11 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "scripts"))
+import torch
 
-import torch  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "corpus", "wiki-sample.jsonl")
 DEFAULT_VOCAB = os.path.join(REPO, "..", "shared", "data", "vocab", "bert-base-uncased-vocab.txt")
@@ -77,7 +74,7 @@ def build_model(arch, table, vocab, seed, device):
 
     build = build_bert_model if arch.model_type == "bert" else build_gpt_model
     return build(make_config(arch), table, vocab_size=vocab, max_sequence_length=arch.seq_length,
-                 post_ln=arch.post_ln, seed=seed).to(device)
+                 seed=seed).to(device)
 
 
 def run_model(model, arch, tokens, device):
@@ -100,7 +97,7 @@ def measure_embedding_corr(arch, scheme, batches, vocab, seed, device):
 
     The weights are key-seeded, so a 1-layer model with the same seed has exactly the big model's embeddings.
     """
-    from megatron.dslm.mcore.observers import _forward_sums, _moments_from_forward
+    from megatron.dslm.mcore.observers import forward_sums, moments_from_forward
     from megatron.dslm.schemes.registry import build_init_table
 
     small = dataclasses.replace(arch, num_layers=1, post_ln=False)
@@ -112,9 +109,9 @@ def measure_embedding_corr(arch, scheme, batches, vocab, seed, device):
             pos = torch.arange(tokens.shape[1], device=device).unsqueeze(0).expand_as(tokens)
             kwargs = {"tokentype_ids": torch.zeros_like(tokens)} if arch.model_type == "bert" else {}
             emb = model.embedding(input_ids=tokens, position_ids=pos, **kwargs)
-            sums = _forward_sums(emb)
+            sums = forward_sums(emb)
             acc = sums if acc is None else acc + sums
-    return _moments_from_forward(acc)["forward_corr"]
+    return moments_from_forward(acc)["forward_corr"]
 
 
 def measure_profile(arch, scheme, batches, vocab, seed, device):
@@ -263,7 +260,7 @@ def main(argv=None):
             print(f"[{name}] " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                            for k, v in info.items()), flush=True)
             width = f"{args.num_layers}x{args.hidden_size}"
-            # forward variance on a linear axis: Pre-LN growth is linear in depth (theory.md, "Blocks")
+            # forward variance on a linear axis: Pre-LN growth is linear in depth (docs/theory.md, "Blocks and residual merges")
             panels = [("forward_var", "forward variance", False), ("grad_var", "gradient variance", True)]
             if post_ln:
                 panels = [("grad_var", "gradient variance", True), ("pre_norm_var", "variance before LN", True)]

@@ -71,7 +71,7 @@ def task_model_provider(spec: TaskSpec, pre_process: bool = True, post_process: 
         config, table, vocab_size=args.padded_vocab_size, max_sequence_length=args.max_position_embeddings,
         num_tokentypes=args.num_tokentypes, add_binary_head=True,  # the pooler comes with the binary head
         pre_process=pre_process, post_process=post_process,
-        post_ln=args.apply_residual_connection_post_layernorm, seed=args.seed,
+        seed=args.seed,
         # task heads read every position: the masked-positions MLM path does not apply
         speed=dataclasses.replace(SpeedOptions.from_args(args), masked_positions_mlm=False))
     head = None
@@ -179,13 +179,16 @@ def _trim_padding(args) -> bool:
 # ------------------------------------------------------------------------------------------ forward step
 
 def get_batch(data_iterator):
-    """Next micro-batch; TP ranks take it from TP rank 0 so all of them see the same samples."""
+    """Next micro-batch on the model's device; TP ranks take it from TP rank 0 so all see the same samples."""
     from megatron.core import parallel_state, tensor_parallel
+    from megatron.training.device import to_input_device
 
     if parallel_state.get_tensor_model_parallel_world_size() > 1:
         data = next(data_iterator) if parallel_state.get_tensor_model_parallel_rank() == 0 else None
-        return tensor_parallel.broadcast_data(list(_BATCH_KEYS), data, torch.int64)
-    return next(data_iterator)
+        batch = tensor_parallel.broadcast_data(list(_BATCH_KEYS), data, torch.int64)
+    else:
+        batch = next(data_iterator)
+    return to_input_device(batch)
 
 
 def loss_func(labels: torch.Tensor, indices: torch.Tensor, collector: Optional[list], logits: torch.Tensor):

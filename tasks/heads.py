@@ -10,17 +10,13 @@ on (seed, parameter name): the same on every rank and at every TP size.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Optional
 
 import torch
 from torch import nn
 
-
-def keyed_generator(seed: int, key: str) -> torch.Generator:
-    """A CPU generator whose stream depends only on (seed, key), never on rank or call order."""
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+# The model weights' keyed generator: one hash for every layout-independent draw.
+from megatron.dslm.mcore.weight_init import keyed_generator
 
 
 def init_linear_(linear: nn.Linear, std: float, seed: int, key: str) -> None:

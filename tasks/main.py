@@ -13,14 +13,10 @@ holds the best epoch's weights and ``<save>/predictions/<valid file>.tsv`` its p
 
 from __future__ import annotations
 
-import os
-import sys
 from functools import partial
 
-if __package__ in (None, ""):  # `python tasks/main.py`: make the repo root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tasks.finetune import TaskSpec, finetune  # noqa: E402
+# `python tasks/main.py` imports the installed package (`pip install -e .`): no sys.path edit needed.
+from tasks.finetune import TaskSpec, finetune
 
 
 def add_task_args(parser):

@@ -25,10 +25,6 @@ import numpy
 # megatron-core warns once per optional GPU library at import; irrelevant to preprocessing.
 warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO_ROOT not in sys.path:  # runnable as `python tools/preprocess_data.py` without install
-    sys.path.insert(0, _REPO_ROOT)
-
 MAX_REPORTED_BAD_LINES = 20
 
 

@@ -14,10 +14,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
+# The reference's token correlation r0 of the embedding output (docs/theory.md, "Embedding correlation r0");
+# used only when nothing was measured. ``megatron.dslm.config`` re-exports it.
+DEFAULT_EMBEDDING_CORR = 0.221
+
 
 @dataclass(frozen=True)
 class ModelArch:
-    """What a scheme and the predictor need to know about a GPT or BERT model (no parallel layout)."""
+    """What a scheme and the predictor need to know about a GPT or BERT model (no parallel layout).
+
+    Build it from flags with ``megatron.dslm.config.model_arch``; the defaults match ``DSLMConfig``'s.
+    """
 
     num_layers: int
     hidden_size: int
@@ -32,9 +39,9 @@ class ModelArch:
     attention_dropout: float = 0.1
     post_ln: bool = False
     activation: str = "gelu"  # "gelu" | "relu"
-    # Token correlation r0 of the summed embedding output *before* dropout. The reference hard-codes 0.221;
-    # measure it on your corpus with `python -m megatron.dslm.estimate_corr` (theory.md, "Embeddings").
-    embedding_corr: float = 0.221
+    # Token correlation r0 of the summed embedding output *before* dropout; measure it on your corpus with
+    # `python -m megatron.dslm.estimate_corr` (docs/theory.md, "Embedding correlation r0").
+    embedding_corr: float = DEFAULT_EMBEDDING_CORR
     # Residual scaling: beta^2 = dslm_k / N unless residual_beta_sq is given explicitly.
     dslm_k: float = 1.0
     residual_lambda_sq: Optional[float] = None
@@ -94,6 +101,8 @@ class InitTable:
     # Post-LN only: LayerNorm on the embedding output (original BERT); Pre-LN models never use it.
     embedding_layernorm: bool = False
     notes: Tuple[str, ...] = field(default_factory=tuple)
+    # The norm placement the table was built for (None: unknown, e.g. hand-built); the model builders check it.
+    post_ln: Optional[bool] = None
 
     def layer(self, layer_number: int) -> LayerInit:
         return self.layers[layer_number - 1]

@@ -1,158 +1,56 @@
-"""Estimate the embedding-output token correlation r0 from token statistics (issue 3, item 6).
+"""Estimate the embedding-output token correlation r0 from a corpus or from Zipf's law.
 
-What r0 is. The embedding output of position i is e_i = W[t_i] + P[i] (+ T[s_i] for BERT), every table
-drawn i.i.d. N(0, sigma^2) per entry. Per feature, over the random tables, two distinct positions i, j
-of one sequence have
-
-    Cov(e_i, e_j) = sigma_w^2 1[t_i = t_j] + sigma_t^2 1[s_i = s_j]     (P[i] and P[j] are different rows)
-    Var(e_i)      = sigma_w^2 + sigma_p^2 + sigma_t^2,
-
-so averaged over the pairs the data produces,
-
-    r0 = (sigma_w^2 P(t_i = t_j) + sigma_t^2 P(s_i = s_j)) / (sigma_w^2 + sigma_p^2 + sigma_t^2).
-
-With equal table stds (every scheme here) that is (P_same_token + P_same_type) / T. P_same_token is the
-probability that two positions of one training sequence hold the same token id: measured within
-sequences it includes burstiness (a topic word repeats); for i.i.d. tokens it is sum_i p_i^2, which
-Zipf's law puts near zeta(2) / H_V^2 (the paper's estimate). For BERT, P(s_i = s_j) comes from the
-token-type ids (two segments of about half a sequence each give ~1/2). r0 is the correlation *before*
-embedding dropout; the predictor applies the (1 - p) factor.
-
-    python -m megatron.dslm.estimate_corr --data-path PREFIX [--seq-length 256] [--num-tables 2]
+    python -m megatron.dslm.estimate_corr --data-path PREFIX --seq-length 256 [--num-tables 2]
     python -m megatron.dslm.estimate_corr --zipf-vocab-size 50257 [--num-tables 2]
+
+Prints r0 for ``--embedding-corr`` (docs/theory.md, "Embedding correlation r0"). The estimate itself is
+``megatron.dslm.embedding_corr``; reading an indexed dataset needs megatron-core.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import os
 import sys
-from collections import Counter
-from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
 
-import numpy as np
+from . import config
+from .embedding_corr import corr_from_probs, estimate_embedding_corr, zipf_same_token_prob
 
 
-@dataclass(frozen=True)
-class CorrEstimate:
-    """r0 and the token statistics behind it."""
-
-    embedding_corr: float
-    same_token_prob: float  # P(t_i = t_j), i != j in one sequence (what r0 uses)
-    unigram_same_prob: float  # sum_i p_i^2: the same probability for i.i.d. tokens
-    same_type_prob: float
-    num_tables: int
-    num_sequences: int
-    num_tokens: int
-
-
-def zipf_same_token_prob(vocab_size: int) -> float:
-    """sum_i p_i^2 for p_i proportional to 1/i over the vocabulary: zeta(2)-like sum over H_V^2."""
-    ranks = np.arange(1, vocab_size + 1, dtype=np.float64)
-    harmonic = float(np.sum(1.0 / ranks))
-    return float(np.sum(1.0 / ranks**2)) / harmonic**2
-
-
-def corr_from_probs(same_token_prob: float, num_tables: int, same_type_prob: float = 0.5, word_var_share: Optional[float] = None) -> float:
-    """r0 from the pair probabilities; ``word_var_share`` defaults to 1/num_tables (equal table stds)."""
-    if num_tables not in (2, 3):
-        raise ValueError("num_tables must be 2 (word + position) or 3 (+ token type)")
-    word_share = 1.0 / num_tables if word_var_share is None else word_var_share
-    type_share = (1.0 - word_share) / 2.0 if num_tables == 3 else 0.0
-    return word_share * same_token_prob + type_share * same_type_prob
-
-
-def estimate_embedding_corr(
-    token_id_sequences: Iterable[Sequence[int]],
-    num_tables: int = 2,
-    tokentype_id_sequences: Optional[Iterable[Sequence[int]]] = None,
-    word_var_share: Optional[float] = None,
-) -> CorrEstimate:
-    """Estimate r0 from training sequences (each one attention window of token ids).
-
-    Args:
-        token_id_sequences: iterable of token-id sequences as the model sees them (length >= 2 counts).
-        num_tables: 2 (word + position, GPT) or 3 (+ token type, BERT).
-        tokentype_id_sequences: BERT segment ids aligned with the tokens; without them P(same type) = 1/2.
-        word_var_share: sigma_w^2 / total embedding variance; default 1/num_tables.
-    Returns:
-        ``CorrEstimate`` with r0 in ``embedding_corr``.
-    """
-    same_pairs = 0.0
-    total_pairs = 0.0
-    unigram: Counter = Counter()
-    num_sequences = 0
-    num_tokens = 0
-    for seq in token_id_sequences:
-        ids = np.asarray(seq, dtype=np.int64)
-        n = ids.size
-        if n < 2:
-            continue
-        _, counts = np.unique(ids, return_counts=True)
-        same_pairs += float(np.sum(counts * (counts - 1.0)))
-        total_pairs += n * (n - 1.0)
-        unigram.update(dict(zip(*np.unique(ids, return_counts=True))))
-        num_sequences += 1
-        num_tokens += n
-    if total_pairs == 0:
-        raise ValueError("need at least one sequence with two or more tokens")
-    freqs = np.array(list(unigram.values()), dtype=np.float64) / num_tokens
-    same_type = 0.5
-    if tokentype_id_sequences is not None:
-        type_same, type_total = 0.0, 0.0
-        for seq in tokentype_id_sequences:
-            _, counts = np.unique(np.asarray(seq), return_counts=True)
-            n = counts.sum()
-            type_same += float(np.sum(counts * (counts - 1.0)))
-            type_total += n * (n - 1.0)
-        same_type = type_same / type_total if type_total else 0.5
-    same_token = same_pairs / total_pairs
-    return CorrEstimate(
-        embedding_corr=corr_from_probs(same_token, num_tables, same_type, word_var_share),
-        same_token_prob=same_token,
-        unigram_same_prob=float(np.sum(freqs**2)),
-        same_type_prob=same_type,
-        num_tables=num_tables,
-        num_sequences=num_sequences,
-        num_tokens=num_tokens,
-    )
-
-
-def indexed_dataset_windows(path_prefix: str, seq_length: int, max_sequences: int):
-    """Consecutive windows of ``seq_length`` tokens over the documents of a megatron indexed dataset."""
-    import os
-
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
-    for suffix in (".idx", ".bin"):
-        if not os.path.exists(path_prefix + suffix):
-            raise FileNotFoundError(f"no indexed dataset at {path_prefix!r} ({path_prefix + suffix} missing)")
-    dataset = IndexedDataset(path_prefix)
-    produced = 0
-    buffer = np.zeros(0, dtype=np.int64)
-    for idx in range(len(dataset)):
-        buffer = np.concatenate([buffer, np.asarray(dataset[idx], dtype=np.int64)])
-        while buffer.size >= seq_length:
-            yield buffer[:seq_length]
-            buffer = buffer[seq_length:]
-            produced += 1
-            if produced >= max_sequences:
-                return
-    if buffer.size >= 2 and produced < max_sequences:
-        yield buffer
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m megatron.dslm.estimate_corr", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m megatron.dslm.estimate_corr",
+                                     description=__doc__.splitlines()[0], allow_abbrev=False)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-path", help="megatron indexed dataset prefix (PREFIX.bin / PREFIX.idx)")
     source.add_argument("--zipf-vocab-size", type=int, help="no data: Zipf's-law estimate for this vocabulary")
-    parser.add_argument("--seq-length", type=int, default=256, help="attention window the model sees")
+    config.add_arguments(parser, ["seq_length"])
     parser.add_argument("--num-tables", type=int, choices=[2, 3], default=2, help="3 for BERT (token types)")
     parser.add_argument("--max-sequences", type=int, default=20000)
+    return parser
+
+
+def _from_data(args) -> float:
+    from megatron.training.model_setup import indexed_dataset_windows  # megatron-core's reader
+
+    for suffix in (".idx", ".bin"):
+        if not os.path.exists(args.data_path + suffix):
+            raise FileNotFoundError(f"no indexed dataset at {args.data_path!r} ({args.data_path + suffix} missing)")
+    if args.seq_length is None or args.seq_length < 2:
+        raise ValueError("--data-path needs --seq-length >= 2 (the model's attention window)")
+    windows = list(indexed_dataset_windows(args.data_path, args.seq_length, args.max_sequences))
+    estimate = estimate_embedding_corr(windows, args.num_tables)
+    print(f"sequences {estimate.num_sequences}, tokens {estimate.num_tokens}")
+    print(f"P(same token) within a window = {estimate.same_token_prob:.5f}; "
+          f"unigram sum p_i^2 = {estimate.unigram_same_prob:.5f}")
+    return estimate.embedding_corr
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.max_sequences < 1:
+            raise ValueError("--max-sequences must be >= 1")
         if args.zipf_vocab_size is not None:
             if args.zipf_vocab_size < 2:
                 raise ValueError("--zipf-vocab-size must be >= 2")
@@ -160,18 +58,11 @@ def main(argv=None) -> int:
             corr = corr_from_probs(prob, args.num_tables)
             print(f"zipf sum p_i^2 = {prob:.5f} (V={args.zipf_vocab_size})")
         else:
-            if args.seq_length < 2:
-                raise ValueError("--seq-length must be >= 2")
-            windows = list(indexed_dataset_windows(args.data_path, args.seq_length, args.max_sequences))
-            estimate = estimate_embedding_corr(windows, args.num_tables)
-            corr = estimate.embedding_corr
-            print(f"sequences {estimate.num_sequences}, tokens {estimate.num_tokens}")
-            print(f"P(same token) within a window = {estimate.same_token_prob:.5f}; "
-                  f"unigram sum p_i^2 = {estimate.unigram_same_prob:.5f}")
-    except (ValueError, OSError, FileNotFoundError) as err:
+            corr = _from_data(args)
+    except (ValueError, OSError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
-    print(f"embedding_corr r0 = {corr:.5f}   (use --embedding-corr {corr:.4f})")
+    print(f"embedding_corr r0 = {corr:.5f}   (use {config.flag('embedding_corr')} {corr:.4f})")
     return 0
 
 

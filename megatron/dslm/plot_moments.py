@@ -4,7 +4,7 @@
         --num-layers 48 --hidden-size 128 --num-attention-heads 4 --seq-length 128 --init-scheme dslm
 
 One panel per quantity (forward_var, forward_corr, grad_var, pre_norm_var for Post-LN). The predicted line is
-drawn when ``megatron.dslm.theory.predictor`` is importable and the model flags are given (or
+drawn when the model flags are given (training's flags, ``megatron.dslm.config``; or
 ``--overlay-config`` names a JSON file with ModelArch fields plus ``"init_scheme"``); the predicted gradient
 variance is scaled to the measured one at the top layer (the predictor's profile is linear in it).
 """
@@ -15,6 +15,8 @@ import argparse
 import json
 import os
 from typing import Dict, List, Optional
+
+from megatron.dslm import config as dslm_config
 
 PANELS = (("forward_var", "forward variance", True), ("forward_corr", "token correlation", False),
           ("grad_var", "gradient variance", True), ("pre_norm_var", "variance before LayerNorm (Post-LN)", True))
@@ -97,22 +99,25 @@ def plot_profiles(records: List[dict], out: str, title: str = "", predicted: Opt
 
 
 def _arch_from_args(args):
+    """(ModelArch, scheme) for the overlay, or (None, None) without model flags; bad flags exit with one line."""
+    from megatron.dslm.config import explicit_fields, model_arch
     from megatron.dslm.contract import ModelArch
+    from megatron.dslm.schemes.registry import check_config
 
     if args.overlay_config:
         with open(args.overlay_config, encoding="utf-8") as fh:
             cfg = json.load(fh)
         scheme = cfg.pop("init_scheme", args.init_scheme)
-        return ModelArch(**cfg), scheme
-    if not (args.num_layers and args.hidden_size and args.num_attention_heads and args.seq_length):
+        arch, explicit = ModelArch(**cfg), ()
+    elif args.num_layers and args.hidden_size and args.num_attention_heads and args.seq_length:
+        arch, scheme, explicit = model_arch(args), args.init_scheme, explicit_fields(args)
+    else:
         return None, None
-    arch = ModelArch(num_layers=args.num_layers, hidden_size=args.hidden_size,
-                     num_attention_heads=args.num_attention_heads, seq_length=args.seq_length,
-                     ffn_hidden_size=args.ffn_hidden_size, hidden_dropout=args.hidden_dropout,
-                     attention_dropout=args.attention_dropout, post_ln=args.post_ln, activation=args.activation,
-                     embedding_corr=args.embedding_corr, dslm_k=args.dslm_k,
-                     model_type=args.model_type, num_tokentypes=2 if args.model_type == "bert" else 0)
-    return arch, args.init_scheme
+    try:
+        check_config(scheme, arch, explicit, read_elsewhere={"embedding_corr"})  # the predictor reads r0
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    return arch, scheme
 
 
 def main(argv=None):
@@ -121,19 +126,8 @@ def main(argv=None):
     ap.add_argument("--iteration", type=int, default=None, help="default: the last one in the file")
     ap.add_argument("--out", required=True, help="PNG path")
     ap.add_argument("--overlay-config", default=None, help="JSON with ModelArch fields and init_scheme")
-    ap.add_argument("--init-scheme", default="megatron")
-    ap.add_argument("--num-layers", type=int)
-    ap.add_argument("--hidden-size", type=int)
-    ap.add_argument("--ffn-hidden-size", type=int, default=None)
-    ap.add_argument("--num-attention-heads", type=int)
-    ap.add_argument("--seq-length", type=int)
-    ap.add_argument("--hidden-dropout", type=float, default=0.1)
-    ap.add_argument("--attention-dropout", type=float, default=0.1)
-    ap.add_argument("--activation", default="gelu", choices=["gelu", "relu"])
-    ap.add_argument("--post-ln", "--apply-residual-connection-post-layernorm", dest="post_ln", action="store_true")
-    ap.add_argument("--embedding-corr", type=float, default=0.221, help="r0 measured on your data")
-    ap.add_argument("--dslm-k", type=float, default=1.0)
-    ap.add_argument("--model-type", default="gpt", choices=["gpt", "bert"])
+    # Model flags for the theory overlay: training's names, defaults and help.
+    dslm_config.add_arguments(ap.add_argument_group("model (theory overlay)"), aliases=True)
     args = ap.parse_args(argv)
 
     records = read_records(args.moments_file, args.iteration)

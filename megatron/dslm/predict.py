@@ -1,11 +1,12 @@
-"""Predict a model's signal-propagation profile before training (issue 3, item 3).
+"""Predict a model's signal-propagation profile before training.
 
     python -m megatron.dslm.predict --num-layers 192 --hidden-size 1024 --num-attention-heads 16 \\
         --seq-length 256 --init-scheme dslm [--post-ln] [--hidden-dropout 0.1] [--json out.json] [--plot out.png]
 
 Prints per-layer forward variance, token correlation and gradient variance (the gradient scaled so the
 last layer's is 1) and warns when the profile predicts trouble: forward or gradient variance changing by
-more than 10x across depth, or attention logits large enough to saturate the softmax.
+more than 10x across depth, or attention logits large enough to saturate the softmax. The model flags,
+their defaults and help are training's (``megatron.dslm.config``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import tempfile
 from dataclasses import asdict
 from typing import List, Optional
 
-from .schemes.registry import SCHEME_NAMES, build_init_table
+from . import config
 from .contract import ModelArch
+from .schemes.registry import check_config
 from .theory.predictor import Profile, predict_profile
 
 # exp((1 - corr) * logit_var) above ~e^4 means a few keys take most of the probability mass.
@@ -27,30 +29,16 @@ SATURATING_LOGIT_SPREAD = 4.0
 MAX_CHANGE_ACROSS_DEPTH = 10.0
 
 
+# The architecture flags this command reads (all of DSLMConfig; the first four are required here).
+REQUIRED = ("num_layers", "hidden_size", "num_attention_heads", "seq_length")
+# Besides the scheme, the predictor itself reads r0 (the embedding output's correlation).
+READ_BY_PREDICTOR = frozenset({"embedding_corr"})
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m megatron.dslm.predict", description=__doc__.splitlines()[0])
-    parser.add_argument("--num-layers", type=int, required=True)
-    parser.add_argument("--hidden-size", type=int, required=True)
-    parser.add_argument("--num-attention-heads", type=int, required=True)
-    parser.add_argument("--seq-length", type=int, required=True)
-    parser.add_argument("--init-scheme", default="dslm", help=f"one of {', '.join(SCHEME_NAMES)}")
-    parser.add_argument("--ffn-hidden-size", type=int, default=None, help="default 4 * hidden size")
-    parser.add_argument("--kv-channels", type=int, default=None, help="default hidden size / heads")
-    parser.add_argument("--vocab-size", type=int, default=30522)
-    parser.add_argument("--model-type", choices=["gpt", "bert"], default="gpt", help="gpt: causal attention")
-    parser.add_argument("--num-tokentypes", type=int, default=0, help="2 for BERT (adds a third embedding table)")
-    parser.add_argument("--post-ln", action="store_true", help="Post-LN layers (default Pre-LN)")
-    parser.add_argument("--hidden-dropout", type=float, default=0.1)
-    parser.add_argument("--attention-dropout", type=float, nargs="?", const=0.1, default=0.0,
-                        help="attention-probability dropout (flag alone: 0.1; default 0)")
-    parser.add_argument("--activation", choices=["gelu", "relu"], default="gelu")
-    parser.add_argument("--embedding-corr", type=float, default=0.221,
-                        help="token correlation r0 of the summed embeddings (python -m megatron.dslm.estimate_corr)")
-    parser.add_argument("--dslm-k", type=float, default=1.0, help="DSLM residual beta^2 = k / N")
-    parser.add_argument("--residual-lambda-sq", type=float, default=None)
-    parser.add_argument("--residual-beta-sq", type=float, default=None)
-    parser.add_argument("--allow-unnormalized-residual", action="store_true")
-    parser.add_argument("--init-method-std", type=float, default=0.02, help="the megatron scheme's sigma")
+    parser = argparse.ArgumentParser(prog="python -m megatron.dslm.predict", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False)
+    config.add_arguments(parser, required=REQUIRED, aliases=True)
     parser.add_argument("--top-grad-corr", type=float, default=0.0,
                         help="token correlation of the gradient at the last layer (0: unstructured loss)")
     parser.add_argument("--every", type=int, default=None, help="print every k-th layer (default: ~24 rows)")
@@ -60,32 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def arch_from_args(args) -> ModelArch:
+    """Checks of this command's own flags; the method's settings are checked by the scheme registry."""
     checks = [
-        (args.num_layers >= 1, "--num-layers must be >= 1"),
         (args.hidden_size >= 2, "--hidden-size must be >= 2"),
-        (args.num_attention_heads >= 1, "--num-attention-heads must be >= 1"),
         (args.seq_length >= 2, "--seq-length must be >= 2"),
-        (args.kv_channels is not None or args.hidden_size % args.num_attention_heads == 0,
+        (args.num_attention_heads < 1 or args.kv_channels is not None
+         or args.hidden_size % args.num_attention_heads == 0,
          "--hidden-size must be divisible by --num-attention-heads (or give --kv-channels)"),
-        (0.0 <= args.hidden_dropout < 1.0, "--hidden-dropout must be in [0, 1)"),
-        (0.0 <= args.attention_dropout < 1.0, "--attention-dropout must be in [0, 1)"),
-        (0.0 <= args.embedding_corr <= 1.0, "--embedding-corr must be in [0, 1]"),
         (-1.0 <= args.top_grad_corr <= 1.0, "--top-grad-corr must be in [-1, 1]"),
-        (args.dslm_k > 0.0, "--dslm-k must be > 0"),
         (args.every is None or args.every >= 1, "--every must be >= 1"),
     ]
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
-    return ModelArch(
-        num_layers=args.num_layers, hidden_size=args.hidden_size, num_attention_heads=args.num_attention_heads,
-        seq_length=args.seq_length, vocab_size=args.vocab_size, ffn_hidden_size=args.ffn_hidden_size,
-        kv_channels=args.kv_channels, model_type=args.model_type, num_tokentypes=args.num_tokentypes,
-        hidden_dropout=args.hidden_dropout, attention_dropout=args.attention_dropout, post_ln=args.post_ln,
-        activation=args.activation, embedding_corr=args.embedding_corr, dslm_k=args.dslm_k,
-        residual_lambda_sq=args.residual_lambda_sq, residual_beta_sq=args.residual_beta_sq,
-        allow_unnormalized_residual=args.allow_unnormalized_residual, init_method_std=args.init_method_std,
-    )
+    return config.model_arch(args)
 
 
 def profile_warnings(profile: Profile) -> List[str]:
@@ -112,7 +88,8 @@ def profile_warnings(profile: Profile) -> List[str]:
 
 
 def profile_to_json(profile: Profile, scheme: str) -> dict:
-    """The issue's layout exactly: {"config": {...}, "layers": [{"layer", "forward_var", "forward_corr", "grad_var"}]}."""
+    """{"config": {ModelArch fields, "init_scheme"},
+    "layers": [{"layer", "forward_var", "forward_corr", "grad_var"}]}."""
     config = asdict(profile.arch)
     config["init_scheme"] = scheme
     return {
@@ -195,7 +172,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         arch = arch_from_args(args)
-        table = build_init_table(args.init_scheme, arch)
+        table = check_config(args.init_scheme, arch, config.explicit_fields(args), READ_BY_PREDICTOR).build(arch)
     except ValueError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)  # one line, no usage dump
         return 2

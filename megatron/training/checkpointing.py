@@ -38,10 +38,11 @@ def read_tracker(root: str):
 
 
 def unwrap_model(chunk):
-    """The megatron-core model inside DDP / Float16Module wrappers."""
-    while hasattr(chunk, "module"):
-        chunk = chunk.module
-    return chunk
+    """The megatron-core model inside DDP / FSDP / Float16Module wrappers: megatron-core's ``unwrap_model``,
+    imported on call so that importing this module stays free of megatron-core."""
+    from megatron.core.utils import unwrap_model as core_unwrap_model
+
+    return core_unwrap_model(chunk)
 
 
 def _barrier():

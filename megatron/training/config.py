@@ -1,8 +1,9 @@
 """Command-line configuration as grouped dataclasses: each field is one upstream-named flag, its help the `--help`.
 
-Flags keep upstream Megatron-LM names (``--num-layers`` ...), so existing launch scripts work. The parsed values
-land in one flat ``argparse.Namespace`` (what entry scripts and upstream users expect); library code receives
-plain values, never the namespace.
+Flags keep upstream Megatron-LM names (``--num-layers`` ...), so existing launch scripts work. The method's
+flags (sizes, dropout, init scheme, residual scaling, r0) are declared once in ``megatron.dslm.config`` and
+added to their sections here. The parsed values land in one flat ``argparse.Namespace`` (what entry scripts
+and upstream users expect); library code receives plain values, never the namespace.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, field
 from typing import List, Optional
+
+from megatron.dslm import config as dslm_config
 
 
 def _f(default, help: str, **meta):
@@ -22,22 +25,10 @@ def _f(default, help: str, **meta):
 
 @dataclass
 class ModelFlags:
-    num_layers: Optional[int] = _f(None, "Number of transformer layers (N).")
-    hidden_size: Optional[int] = _f(None, "Transformer hidden size (d).")
-    ffn_hidden_size: Optional[int] = _f(None, "FFN hidden size; default 4 * hidden size.")
-    num_attention_heads: Optional[int] = _f(None, "Number of attention heads.")
-    kv_channels: Optional[int] = _f(None, "Per-head size; default hidden size / heads.")
-    seq_length: Optional[int] = _f(None, "Sequence length of training samples.")
+    """Model flags beyond the method's (those come from ``megatron.dslm.config.DSLMConfig``)."""
+
     max_position_embeddings: Optional[int] = _f(None, "Size of the position table; default seq length.")
-    init_method_std: float = _f(0.02, "Std of the 'megatron' init scheme.")
-    hidden_dropout: float = _f(0.1, "Dropout on sub-layer outputs and embeddings.")
-    attention_dropout: float = _f(0.1, "Dropout on attention probabilities.")
-    activation: str = _f("gelu", "FFN activation.", choices=["gelu", "relu"])
-    apply_residual_connection_post_layernorm: bool = _f(
-        False, "Post-LN: x' = LN(lambda*x + beta*F(x)) after each sub-layer, plus an embedding LayerNorm "
-        "(original BERT). Default is Pre-LN: x' = lambda*x + beta*F(LN(x)) with a final LayerNorm.")
     make_vocab_size_divisible_by: int = _f(128, "Pad the vocabulary to a multiple of this times TP size.")
-    vocab_size: Optional[int] = _f(None, "Vocabulary size for --tokenizer-type NullTokenizer (mock data).")
     untie_embeddings_and_output_weights: bool = _f(False, "Separate output-layer weights (GPT).")
     attention_backend: str = _f("auto", "Attention core: 'local' (megatron-core's unfused), 'sdpa' "
                                 "(torch scaled_dot_product_attention), 'auto' (the fastest available).",
@@ -50,16 +41,8 @@ class ModelFlags:
 
 @dataclass
 class DSLMFlags:
-    init_scheme: str = _f("megatron", "Weight-init scheme (and its residual scaling): megatron (default "
-                          "sigma=0.02, output projections 0.02/sqrt(2N)), xavier, dslm, dslm-simplified, deepnet, "
-                          "dsinit.")
-    dslm_k: float = _f(1.0, "DSLM residual scaling: beta^2 = k/N, lambda^2 = 1 - beta^2.")
-    residual_lambda_sq: Optional[float] = _f(None, "Explicit lambda^2 of x' = lambda*x + beta*F(x).")
-    residual_beta_sq: Optional[float] = _f(None, "Explicit beta^2 of x' = lambda*x + beta*F(x).")
-    allow_unnormalized_residual: bool = _f(False, "Accept lambda^2 + beta^2 != 1.")
-    embedding_corr: Optional[float] = _f(
-        None, "Token correlation r0 of the embedding output assumed by DSLM's V/O init. Default: measured "
-        "on the training data when --data-path is given (python -m megatron.dslm.estimate_corr), else 0.221.")
+    """Moment logging; the method's own flags come from ``DSLMConfig``."""
+
     log_moments_interval: int = _f(0, "Every N iterations record per-layer moments (0 = never). "
                                    "'--log-moments-interval 1 --train-iters 1' profiles at init.")
     moments_file: Optional[str] = _f(None, "JSONL for moment records; default <tensorboard-dir or save>/moments.jsonl.")
@@ -102,8 +85,21 @@ class TrainingFlags:
     fp16: bool = _f(False, "fp16 mixed precision with dynamic loss scaling (GPU).")
     loss_scale: Optional[float] = _f(None, "Static fp16 loss scale; default dynamic.")
     initial_loss_scale: float = _f(2.0 ** 32, "Initial dynamic loss scale.")
-    use_cpu_initialization: bool = _f(False, "Build weights on CPU (layout-independent values are ours anyway).")
-    recompute_activations: bool = _f(False, "Recompute each layer's activations in backward (saves memory).")
+    use_cpu_initialization: bool = _f(False, "Build weights on CPU (the init tables give layout-independent "
+                                      "values anyway).")
+    recompute_activations: bool = _f(False, "Selective recompute: recompute each layer's core attention in "
+                                     "backward (same as --recompute-granularity selective).")
+    recompute_granularity: Optional[str] = _f(
+        None, "Activation recompute in backward: 'full' (whole transformer layers; needs --recompute-method "
+        "and --recompute-num-layers) or 'selective' (the core attention of every layer). Default: none.",
+        choices=["full", "selective"])
+    recompute_method: Optional[str] = _f(
+        None, "Full recompute only: 'uniform' (split each stage's layers into chunks of --recompute-num-layers "
+        "and recompute each chunk from its input) or 'block' (recompute the first --recompute-num-layers layers "
+        "of each pipeline stage, keep the rest).", choices=["uniform", "block"])
+    recompute_num_layers: Optional[int] = _f(
+        None, "Full recompute only: layers per recomputed chunk (uniform) or recomputed layers per pipeline "
+        "stage (block).")
 
 
 @dataclass
@@ -125,7 +121,6 @@ class DataFlags:
                                  "'masked' (loss) positions only, or on 'all' tokens (stock megatron-core). "
                                  "Same loss; 'masked' skips ~85% of the largest matmul.",
                                  choices=["masked", "all"])
-    num_tokentypes: Optional[int] = _f(None, "Token-type table size; default 2 for BERT, 0 for GPT.")
 
 
 @dataclass
@@ -140,10 +135,15 @@ class LoggingFlags:
     eval_iters: int = _f(10, "Validation micro-batches per evaluation (0 = no evaluation).")
     log_interval: int = _f(100, "Print a log line every N iterations.")
     tensorboard_dir: Optional[str] = _f(None, "TensorBoard log directory.")
+    metrics_file: Optional[str] = _f(None, "JSONL metrics, one line per log interval and per evaluation "
+                                     "(appended on resume); default <tensorboard-dir>/metrics.jsonl, else "
+                                     "<save>/metrics.jsonl, else none.")
     exit_interval: Optional[int] = _f(None, "Stop after this iteration (testing interruptions).")
 
 
 FLAG_GROUPS = (ModelFlags, DSLMFlags, ParallelFlags, TrainingFlags, DataFlags, LoggingFlags)
+# DSLMConfig fields training takes (the model type comes from the entry script, not a flag).
+DSLM_TRAINING_FIELDS = tuple(name for name in dslm_config.FIELDS if name != "model_type")
 
 
 def _parse_bool_default_type(tp):
@@ -156,8 +156,11 @@ def _parse_bool_default_type(tp):
 
 
 def add_flag_group(parser: argparse.ArgumentParser, group_cls) -> None:
-    """Add one dataclass's fields as ``--field-name`` flags (bools become store_true)."""
-    group = parser.add_argument_group(group_cls.__name__.replace("Flags", "").lower())
+    """Add one dataclass's fields as ``--field-name`` flags (bools become store_true), after the method's
+    ``DSLMConfig`` flags of the same --help section."""
+    title = group_cls.__name__.replace("Flags", "").lower()
+    group = parser.add_argument_group(title)
+    dslm_config.add_arguments(group, [n for n in dslm_config.fields_in_group(title) if n in DSLM_TRAINING_FIELDS])
     for f in dataclasses.fields(group_cls):
         flag = "--" + f.name.replace("_", "-")
         meta = dict(f.metadata)

@@ -9,12 +9,12 @@ Entry scripts bring three providers and call :func:`pretrain` (upstream's contra
   micro-batches and data-parallel ranks and logged as ``key: value``.
 
 Finetuning (``tasks/``) reuses :func:`setup_model_and_optimizer`, :func:`train_step` and :func:`evaluate`
-instead of writing a second loop.
+instead of writing a second loop. Data order lives in ``megatron.training.data_iterators``; console lines,
+TensorBoard, the JSONL metrics file and moment logging in ``megatron.training.metrics``.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -24,7 +24,9 @@ import torch
 
 from megatron.training import checkpointing, global_vars
 from megatron.training.config import build_parser
-from megatron.training.global_vars import print_rank_0, print_rank_last
+from megatron.training.data_iterators import build_data_iterator, num_samples_per_split
+from megatron.training.global_vars import print_rank_0
+from megatron.training.metrics import MomentLogging, TrainingLogger
 from megatron.training.validate import ConfigError, validate_args
 
 
@@ -162,57 +164,6 @@ def setup_model_and_optimizer(model_provider, args=None):
     return model, optimizer, scheduler
 
 
-# --------------------------------------------------------------------------------------------- data
-
-class PretrainingSampler:
-    """Deterministic sequential batches that resume at ``consumed_samples`` (each DP rank takes its slice)."""
-
-    def __init__(self, total_samples: int, consumed_samples: int, micro_batch_size: int, dp_rank: int,
-                 dp_size: int):
-        self.total, self.consumed = total_samples, consumed_samples
-        self.mbs, self.dp_rank, self.dp_size = micro_batch_size, dp_rank, dp_size
-
-    def __len__(self):
-        return (self.total - self.consumed) // (self.mbs * self.dp_size)
-
-    def __iter__(self):
-        step = self.mbs * self.dp_size
-        for start in range(self.consumed, self.total - step + 1, step):
-            first = start + self.dp_rank * self.mbs
-            yield list(range(first, first + self.mbs))
-
-
-def build_data_iterator(dataset, consumed_samples: int, args, cyclic: bool = False):
-    """An iterator of micro-batches (dicts of tensors) for this data-parallel rank; None for no dataset."""
-    from megatron.core import parallel_state as ps
-
-    if dataset is None or len(dataset) == 0:
-        return None
-
-    def batches():
-        consumed = consumed_samples % len(dataset) if cyclic else consumed_samples
-        while True:
-            sampler = PretrainingSampler(len(dataset), consumed, args.micro_batch_size,
-                                         ps.get_data_parallel_rank(), ps.get_data_parallel_world_size())
-            # Own generator: a DataLoader otherwise draws its base seed from the global RNG, which shifts
-            # the dropout stream and breaks exact resume.
-            loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=args.num_workers,
-                                                 pin_memory=torch.cuda.is_available(),
-                                                 generator=torch.Generator().manual_seed(args.seed))
-            yield from loader
-            if not cyclic:
-                return
-            consumed = 0
-
-    return batches()
-
-
-def num_samples_per_split(args):
-    gbs = args.global_batch_size
-    evals = (args.train_iters // args.eval_interval + 1) * args.eval_iters if args.eval_iters else 0
-    return [args.train_iters * gbs, evals * gbs, 0]  # the test split is never evaluated during pretraining
-
-
 # --------------------------------------------------------------------------------------------- steps
 
 def _reduce_loss_dicts(loss_dicts: List[Dict[str, torch.Tensor]]) -> Dict[str, float]:
@@ -273,135 +224,18 @@ def evaluate(forward_step, data_iterator, model, num_iters: int, args=None) -> D
     return {k: v / max(done, 1) for k, v in totals.items()}
 
 
-# --------------------------------------------------------------------------------------------- logging
-
-def _hms(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-class TrainingLogger:
-    """Upstream-shaped log lines (` iteration 5/10 | ... | lm loss: 1.023456E+01 | ...`) plus TensorBoard."""
-
-    def __init__(self, args):
-        self.args = args
-        self.start = time.time()
-        self.window_start = time.time()
-        self.window_iters = 0
-        self.sums: Dict[str, float] = {}
-        self.counts: Dict[str, int] = {}
-        self.skipped = 0
-        self.nan_iters = 0
-        self.grad_norm = None
-        self.writer = None
-        if args.tensorboard_dir and global_vars.is_last_rank():
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(log_dir=args.tensorboard_dir)
-
-    def record(self, iteration: int, losses: Dict[str, float], skipped: bool, grad_norm, lr: float):
-        self.window_iters += 1
-        self.skipped += int(skipped)
-        for k, v in losses.items():
-            if math.isnan(v) or math.isinf(v):
-                self.nan_iters += 1
-                continue
-            self.sums[k] = self.sums.get(k, 0.0) + v
-            self.counts[k] = self.counts.get(k, 0) + 1
-        self.grad_norm = grad_norm
-        if self.writer is not None:
-            for k, v in losses.items():
-                self.writer.add_scalar(k, v, iteration)
-            self.writer.add_scalar("learning-rate", lr, iteration)
-            if grad_norm is not None:
-                self.writer.add_scalar("grad-norm", grad_norm, iteration)
-
-    def maybe_print(self, iteration: int, start_iteration: int, lr: float, loss_scale: float):
-        a = self.args
-        if iteration % a.log_interval != 0 and iteration != a.train_iters:
-            return
-        now = time.time()
-        per_iter = (now - self.window_start) / max(self.window_iters, 1)
-        tokens_per_s = a.global_batch_size * a.seq_length / max(per_iter, 1e-9)
-        elapsed = now - self.start
-        eta = per_iter * (a.train_iters - iteration)
-        parts = [f" iteration {iteration:8d}/{a.train_iters:8d}",
-                 f"consumed samples: {iteration * a.global_batch_size:12d}",
-                 f"elapsed time per iteration (ms): {per_iter * 1000:.1f}",
-                 f"tokens/s: {tokens_per_s:.0f}",
-                 f"learning rate: {lr:.6E}",
-                 f"global batch size: {a.global_batch_size:5d}"]
-        for k in sorted(self.sums):
-            parts.append(f"{k}: {self.sums[k] / self.counts[k]:.6E}")
-        if a.fp16:
-            parts.append(f"loss scale: {loss_scale:.1f}")
-        if self.grad_norm is not None:
-            parts.append(f"grad norm: {self.grad_norm:.3f}")
-        parts += [f"number of skipped iterations: {self.skipped:3d}",
-                  f"number of nan iterations: {self.nan_iters:3d}",
-                  f"elapsed: {_hms(elapsed)}", f"ETA: {_hms(eta)}"]
-        print_rank_last(" | ".join(parts) + " |")
-        self.sums, self.counts = {}, {}
-        self.skipped = self.nan_iters = 0
-        self.window_start, self.window_iters = now, 0
-
-    def log_eval(self, iteration: int, results: Dict[str, float], split: str = "validation"):
-        parts = [f" {split} loss at iteration {iteration}"]
-        for k, v in sorted(results.items()):
-            parts.append(f"{k} value: {v:.6E}")
-            if "loss" in k:
-                parts.append(f"{k} PPL: {math.exp(min(v, 20)):.6E}")
-            if self.writer is not None:
-                self.writer.add_scalar(f"{split}/{k}", v, iteration)
-        line = " | ".join(parts) + " |"
-        print_rank_last("-" * len(line) + "\n" + line + "\n" + "-" * len(line))
-
-
 # --------------------------------------------------------------------------------------------- loop
 
-class _MomentLogging:
-    """Attaches DSLM's moment hooks only on logging iterations (no hooks at all on the others)."""
+def train(forward_step, model, optimizer, scheduler, train_iterator, valid_iterator, args=None,
+          logger: Optional[TrainingLogger] = None) -> int:
+    """Run from ``args.iteration`` to ``args.train_iters``; returns the last iteration reached.
 
-    def __init__(self, args, model):
-        self.interval = args.log_moments_interval
-        self.observer = None
-        if not self.interval:
-            return
-        from megatron.dslm.mcore.observers import MomentObserver
-
-        self.observer = MomentObserver([checkpointing.unwrap_model(m) for m in model])
-        self.path = args.moments_file or os.path.join(args.tensorboard_dir or args.save or ".", "moments.jsonl")
-        self.writer = None
-        if args.tensorboard_dir and global_vars.is_rank_0():
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(log_dir=os.path.join(args.tensorboard_dir, "moments"))
-
-    def wants(self, iteration: int) -> bool:
-        return self.observer is not None and iteration % self.interval == 0
-
-    def before(self, iteration: int):
-        if self.wants(iteration):
-            self.observer.attach()
-
-    def after(self, iteration: int):
-        if not self.wants(iteration):
-            return
-        from megatron.dslm.mcore.observers import write_moment_records
-
-        records = self.observer.collect()
-        self.observer.detach()
-        if global_vars.is_rank_0() and records:
-            write_moment_records(self.path, records, iteration, tb_writer=self.writer)
-
-
-def train(forward_step, model, optimizer, scheduler, train_iterator, valid_iterator, args=None) -> int:
-    """Run from ``args.iteration`` to ``args.train_iters``; returns the last iteration reached."""
+    ``logger``: the caller's, kept open (pretrain logs the final evaluation to the same metrics file)."""
     args = args or global_vars.get_args()
-    logger = TrainingLogger(args)
-    moments = _MomentLogging(args, model)
+    own_logger = logger is None
+    logger = logger or TrainingLogger(args)
+    moments = MomentLogging(args, model)
     iteration = args.iteration
-    start_iteration = iteration
     for chunk in model:
         chunk.train()
     while iteration < args.train_iters:
@@ -411,7 +245,7 @@ def train(forward_step, model, optimizer, scheduler, train_iterator, valid_itera
         moments.after(iteration)
         lr = optimizer.param_groups[0]["lr"]
         logger.record(iteration, losses, skipped, grad_norm, lr)
-        logger.maybe_print(iteration, start_iteration, lr, optimizer.get_loss_scale().item())
+        logger.maybe_print(iteration, lr, optimizer.get_loss_scale().item())
         if args.eval_iters and valid_iterator is not None and iteration % args.eval_interval == 0:
             logger.log_eval(iteration, evaluate(forward_step, valid_iterator, model, args.eval_iters, args))
         if args.save and args.save_interval and iteration % args.save_interval == 0:
@@ -419,8 +253,9 @@ def train(forward_step, model, optimizer, scheduler, train_iterator, valid_itera
         if args.exit_interval and iteration % args.exit_interval == 0:
             print_rank_0(f"> exiting at iteration {iteration} (--exit-interval)")
             break
-    if logger.writer is not None:
-        logger.writer.close()
+    moments.close()
+    if own_logger:
+        logger.close()
     return iteration
 
 
@@ -441,10 +276,14 @@ def pretrain(datasets_provider, model_provider, forward_step, extra_args_provide
     valid_iter = build_data_iterator(valid_ds, 0, args, cyclic=True)
     if train_iter is None and args.train_iters > args.iteration:
         raise ConfigError("the training split is empty: check --data-path and --split")
-    iteration = train(forward_step, model, optimizer, scheduler, train_iter, valid_iter, args)
-    if args.save and iteration > args.iteration and (not args.save_interval or iteration % args.save_interval):
-        save(iteration, model, optimizer, scheduler, args)
-    if args.eval_iters and valid_ds is not None and len(valid_ds):
-        TrainingLogger(args).log_eval(iteration, evaluate(
-            forward_step, build_data_iterator(valid_ds, 0, args, cyclic=True), model, args.eval_iters, args),
-            split="validation (end of training)")
+    logger = TrainingLogger(args)
+    try:
+        iteration = train(forward_step, model, optimizer, scheduler, train_iter, valid_iter, args, logger=logger)
+        if args.save and iteration > args.iteration and (not args.save_interval or iteration % args.save_interval):
+            save(iteration, model, optimizer, scheduler, args)
+        if args.eval_iters and valid_ds is not None and len(valid_ds):
+            logger.log_eval(iteration, evaluate(
+                forward_step, build_data_iterator(valid_ds, 0, args, cyclic=True), model, args.eval_iters, args),
+                end_of_training=True)
+    finally:
+        logger.close()

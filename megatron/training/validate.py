@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 
 
@@ -51,10 +50,7 @@ def validate_args(args, world_size: int) -> None:
              f"--global-batch-size {args.global_batch_size} is not divisible by --micro-batch-size "
              f"{args.micro_batch_size} x data-parallel size {args.data_parallel_size}")
     args.num_microbatches = args.global_batch_size // dp_batch
-
-    for name in ("hidden_dropout", "attention_dropout"):
-        p = getattr(args, name)
-        _require(0.0 <= p < 1.0, f"--{name.replace('_', '-')} must be in [0, 1), got {p}")
+    validate_recompute_flags(args)
 
     # Optimisation.
     _require(args.lr is not None or args.train_iters == 0, "--lr is required")
@@ -68,12 +64,7 @@ def validate_args(args, world_size: int) -> None:
     else:
         args.lr_warmup_steps = args.lr_warmup_iters
 
-    validate_residual_flags(args)
-    from megatron.dslm.schemes.registry import SCHEME_NAMES
-
-    _require(args.init_scheme.replace("-", "_") in SCHEME_NAMES,
-             f"--init-scheme {args.init_scheme!r} is unknown; choose one of "
-             f"{', '.join(n.replace('_', '-') for n in SCHEME_NAMES)}")
+    check_method_flags(args)  # sizes checked above; dropout, scheme and residual scaling by the registry
 
     # Data.
     _require(args.mock_data or args.data_path or getattr(args, "data_optional", False),
@@ -108,19 +99,43 @@ def validate_args(args, world_size: int) -> None:
         raise ConfigError(f"--load {args.load} is not a directory")
 
 
-def validate_residual_flags(args) -> None:
-    """lambda^2 + beta^2 = 1 unless --allow-unnormalized-residual (DSLM keeps the residual stream at unit variance)."""
-    lam_sq, beta_sq = args.residual_lambda_sq, args.residual_beta_sq
-    for name, value in (("--residual-lambda-sq", lam_sq), ("--residual-beta-sq", beta_sq)):
-        _require(value is None or value >= 0.0, f"{name} must be >= 0, got {value}")
-    _require(args.dslm_k > 0, f"--dslm-k must be positive, got {args.dslm_k}")
-    if lam_sq is not None and beta_sq is not None and not args.allow_unnormalized_residual:
-        _require(math.isclose(lam_sq + beta_sq, 1.0, rel_tol=0, abs_tol=1e-6),
-                 f"--residual-lambda-sq {lam_sq} + --residual-beta-sq {beta_sq} = {lam_sq + beta_sq} != 1; "
-                 "DSLM needs lambda^2 + beta^2 = 1 (pass --allow-unnormalized-residual to override)")
-    for name, value in (("--residual-lambda-sq", lam_sq), ("--residual-beta-sq", beta_sq)):
-        _require(value is None or value <= 1.0 or args.allow_unnormalized_residual,
-                 f"{name} {value} > 1 needs --allow-unnormalized-residual")
+def check_method_flags(args) -> None:
+    """Init scheme, residual lambda^2 + beta^2 = 1, knobs the scheme ignores: the scheme registry decides.
+
+    The registry is the only validator of the method's settings (the CLIs call it too); its ValueError
+    becomes one ConfigError line naming the flag.
+    """
+    from megatron.dslm.config import explicit_fields, model_arch
+    from megatron.dslm.schemes.registry import check_config
+
+    try:
+        check_config(args.init_scheme, model_arch(args), explicit_fields(args))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def validate_recompute_flags(args) -> None:
+    """Upstream meanings: --recompute-activations = selective; full needs a method and a layer count."""
+    if args.recompute_activations:
+        _require(args.recompute_granularity in (None, "selective"),
+                 "--recompute-activations means --recompute-granularity selective; it conflicts with "
+                 f"--recompute-granularity {args.recompute_granularity}")
+        args.recompute_granularity = "selective"
+    granularity, method, n = args.recompute_granularity, args.recompute_method, args.recompute_num_layers
+    if granularity != "full":
+        for flag, value in (("--recompute-method", method), ("--recompute-num-layers", n)):
+            _require(value is None, f"{flag} applies to --recompute-granularity full only"
+                     + (" (selective recomputes every layer's core attention)" if granularity else ""))
+        return
+    per_stage = args.num_layers // args.pipeline_model_parallel_size
+    _require(method is not None, "--recompute-granularity full needs --recompute-method uniform or block")
+    _require(n is not None, f"--recompute-granularity full needs --recompute-num-layers (1..{per_stage}, "
+             "the layers of one pipeline stage)")
+    _require(1 <= n <= per_stage, f"--recompute-num-layers {n} must be between 1 and the {per_stage} layers "
+             "of a pipeline stage")
+    _require(method == "block" or per_stage % n == 0,
+             f"--recompute-method uniform: --recompute-num-layers {n} must divide the {per_stage} layers of a "
+             "pipeline stage")
 
 
 def data_prefixes(data_path):

@@ -1,8 +1,13 @@
 """Shared helpers for the miniature reproductions of Kedia et al. 2024: data, launching, log parsing, output.
 
 Every experiment launches the product's own entry points (``pretrain_gpt.py``, ``pretrain_bert.py``,
-``tasks/main.py``) as subprocesses and reads their upstream-shaped log lines, so each printed command can be
-rerun by hand and gives the same row (same seed, same data prefix, CPU fp32).
+``tasks/main.py``) as subprocesses; pretraining runs write the training loop's JSONL metrics file
+(``--metrics-file``, format in ``megatron/training/metrics.py``) and the numbers come from there, so each
+printed command can be rerun by hand and gives the same row (same seed, same data prefix, CPU fp32).
+The human log (stdout) is kept per run for reading and for the last error line.
+
+The experiments run as scripts (``python scripts/reproduce/<name>.py``), so this folder is on ``sys.path``
+and they import this module as ``common``.
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ import csv
 import json
 import math
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -112,26 +116,23 @@ def run_cmd(cmd, log: Path, check: bool = False, timeout: Optional[float] = None
     return {"rc": rc, "wall_s": round(wall, 1), "command": shown, "log": os.path.relpath(log, REPO)}
 
 
-# --------------------------------------------------------------------------------------------- parsing
+def run_training(cmd, log: Path, timeout: Optional[float] = None) -> dict:
+    """:func:`run_cmd` for a pretraining entry point, writing its metrics next to ``log`` (any old file removed:
+    the loop appends). The result's ``metrics`` is that file, relative to the repo."""
+    metrics = Path(log).with_suffix(".metrics.jsonl")
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    if metrics.exists():
+        metrics.unlink()
+    res = run_cmd([*cmd, "--metrics-file", metrics], log, timeout=timeout)
+    res["metrics"] = os.path.relpath(metrics, REPO)
+    return res
 
-_TRAIN = re.compile(r" iteration\s+(\d+)/\s*(\d+) \|.*")
-_VAL = re.compile(r" validation(?: \(end of training\))? loss at iteration (\d+) \| (.*)")
-_KV = re.compile(r"([A-Za-z][A-Za-z ]*?): ([-+0-9.eEnaif]+)")
 
-
-def _fields(text: str) -> Dict[str, float]:
-    out = {}
-    for part in text.split("|"):
-        part = part.strip()
-        m = re.match(r"(.+?):\s+([-+]?(?:[0-9.]+(?:[eE][-+]?\d+)?|nan|inf))$", part)
-        if m:
-            out[m.group(1).strip()] = float(m.group(2))
-    return out
-
+# --------------------------------------------------------------------------------------------- reading
 
 @dataclass
 class RunLog:
-    train: List[tuple] = field(default_factory=list)  # (iteration, {key: value})
+    train: List[tuple] = field(default_factory=list)  # (iteration, {key: value}) per log interval
     valid: List[tuple] = field(default_factory=list)  # (iteration, {key: value}) incl. end of training
     nan_iters: int = 0
     skipped_iters: int = 0
@@ -139,29 +140,42 @@ class RunLog:
     error: str = ""
 
 
-def parse_log(path: Path, loss_key: str = "lm loss") -> RunLog:
-    out = RunLog()
-    lines = Path(path).read_text(errors="replace").splitlines() if Path(path).exists() else []
-    for line in lines:
-        m = _TRAIN.match(line)
-        if m:
-            f = _fields(line)
-            out.train.append((int(m.group(1)), f))
-            out.nan_iters += int(f.get("number of nan iterations", 0))
-            out.skipped_iters += int(f.get("number of skipped iterations", 0))
-            continue
-        m = _VAL.match(line)
-        if m:
-            f = _fields(m.group(2))
-            out.valid.append((int(m.group(1)), {k.replace(" value", ""): v for k, v in f.items()}))
-            continue
-        m = re.search(r"embedding corr r0 ([0-9.]+)", line)
-        if m:
-            out.embedding_corr = float(m.group(1))
+def error_line(log: Path) -> str:
+    """The last error-looking line of a run's human log ('' if none or no log)."""
+    path = Path(log)
+    lines = path.read_text(errors="replace").splitlines() if path.exists() else []
     errors = [ln for ln in lines if "Error" in ln or "error:" in ln or "Traceback" in ln]
-    if errors:
-        out.error = errors[-1].strip()[:300]
+    return errors[-1].strip()[:300] if errors else ""
+
+
+def read_run(metrics: Path, log: Optional[Path] = None) -> RunLog:
+    """A run's metrics file as a RunLog (its last error line from ``log``, when given)."""
+    out = RunLog(error=error_line(log) if log is not None else "")
+    path = Path(metrics)
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a killed run
+            continue
+        if rec.get("event") == "start":
+            out.embedding_corr = rec.get("embedding_corr", out.embedding_corr)
+        elif rec.get("split") in ("train", "validation"):
+            # null is how the writer stores a non-finite number
+            values = {k: float("nan") if v is None else v for k, v in rec.items()
+                      if k not in ("split", "iteration", "end_of_training") and not isinstance(v, str)}
+            if rec["split"] == "train":
+                out.train.append((rec["iteration"], values))
+                out.nan_iters += int(rec.get("nan_iterations") or 0)
+                out.skipped_iters += int(rec.get("skipped") or 0)
+            else:
+                out.valid.append((rec["iteration"], values))
     return out
+
+
+def read_result(res: dict) -> RunLog:
+    """The RunLog of a :func:`run_training` result."""
+    return read_run(REPO / res["metrics"], REPO / res["log"])
 
 
 def summarize(log: RunLog, loss_key: str = "lm loss") -> dict:

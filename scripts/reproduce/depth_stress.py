@@ -2,9 +2,9 @@
 
 The paper's claim: with DSLM (λ² + β² = 1, β² = k/N, σ from the signal-propagation theory) 1000-layer models
 train, while standard inits diverge or stop learning as depth grows. Each (depth, scheme, LN) is one
-``pretrain_gpt.py`` run with the same seed and data; the outcome word comes from its log lines:
+``pretrain_gpt.py`` run with the same seed and data; the outcome word comes from its metrics:
 ``diverged`` (NaN/inf loss), ``crashed``, ``stalled`` (last logged train loss not 2% below the first) or
-``trains``. 1000-layer runs get only a few iterations on CPU.
+``trains``, read from its metrics file. 1000-layer runs get only a few iterations on CPU.
 
 It also profiles one config at initialisation (``--train-iters 1 --log-moments-interval 1``) and puts the
 theory predictor's profile (``python -m megatron.dslm.predict``, r0 measured on the same data) beside it.
@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common as C  # noqa: E402
+import common as C
 
 PRIORITY = [("dslm", False), ("dslm", True), ("megatron", False), ("deepnet", True), ("xavier", False),
             ("xavier", True), ("megatron", True)]
@@ -51,8 +48,8 @@ def profile_init(p, data, vocab, seed, out_dir: Path) -> dict:
         cmd = [C.REPO / "pretrain_gpt.py", *C.gpt_flags(layers, 128, 4, 128, scheme, False),
                *C.train_flags(1, 8, 1e-3, data, vocab, eval_iters=0, seed=seed),
                "--log-moments-interval", 1, "--moments-file", moments, "--activation", "gelu"]
-        res = C.run_cmd(cmd, C.WORK / "logs" / "depth_stress" / f"profile_{scheme}.log")
-        log = C.parse_log(C.REPO / res["log"])
+        res = C.run_training(cmd, C.WORK / "logs" / "depth_stress" / f"profile_{scheme}.log")
+        log = C.read_result(res)
         if res["rc"] != 0 or not moments.exists():
             result[scheme] = {"error": log.error or f"rc {res['rc']}", "command": res["command"]}
             continue
@@ -176,10 +173,10 @@ def main():
         cmd = [C.REPO / "pretrain_gpt.py", *C.gpt_flags(depth, p["hidden"], p["heads"], p["seq"], scheme, post_ln),
                *C.train_flags(iters, p["mbs"], 2e-3, data, vocab, eval_iters=2, eval_points=1, seed=args.seed)]
         cmd[cmd.index("--log-interval") + 1] = 1 if iters <= 20 else max(iters // 20, 1)
-        res = C.run_cmd(cmd, C.WORK / "logs" / "depth_stress" / f"{name}.log")
-        log = C.parse_log(C.REPO / res["log"])
+        res = C.run_training(cmd, C.WORK / "logs" / "depth_stress" / f"{name}.log")
+        log = C.read_result(res)
         row.update(C.summarize(log), wall_s=res["wall_s"], command=res["command"])
-        grad = [f.get("grad norm") for _, f in log.train]
+        grad = [f.get("grad_norm") for _, f in log.train]
         row["last_grad_norm"] = grad[-1] if grad else None
         rows.append(row)
         curves[name] = C.curve(log)

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common as C  # noqa: E402
+import common as C
 
 PRIORITY = [("dslm", False), ("megatron", False), ("dslm", True), ("deepnet", True), ("xavier", False),
             ("xavier", True), ("megatron", True)]
@@ -94,9 +92,9 @@ def run_model(model, args, minutes, rows, curves):
             rows.append({**row, "outcome": "skipped (budget)"})
             continue
         save = C.WORK / "ckpt" / name if model == "bert" else None
-        res = C.run_cmd(pretrain_cmd(model, shape, scheme, post_ln, p, data, vocab, args.seed, save),
-                        C.WORK / "logs" / "depth_vs_width" / f"{name}.log")
-        log = C.parse_log(Path(C.REPO / res["log"]))
+        res = C.run_training(pretrain_cmd(model, shape, scheme, post_ln, p, data, vocab, args.seed, save),
+                             C.WORK / "logs" / "depth_vs_width" / f"{name}.log")
+        log = C.read_result(res)
         row.update(C.summarize(log), wall_s=res["wall_s"], command=res["command"],
                    checkpoint=os.path.relpath(save, C.REPO) if save else "")
         rows.append(row)

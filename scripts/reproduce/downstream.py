@@ -20,15 +20,12 @@ import argparse
 import collections
 import glob
 import json
-import os
 import random
 import shutil
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common as C  # noqa: E402
+import common as C
 
 FINETUNE = C.SHARED / "finetune"
 
@@ -182,7 +179,7 @@ def main():
                            accuracy=json.dumps({Path(k).stem if "/" in k else k: round(v, 4)
                                                 for k, v in b["accuracy"].items()}), outcome="done")
             else:
-                row.update(outcome=f"failed (rc {res['rc']})", error=C.parse_log(C.REPO / res["log"]).error)
+                row.update(outcome=f"failed (rc {res['rc']})", error=C.error_line(C.REPO / res["log"]))
             row.update(wall_s=res["wall_s"], command=res["command"])
             rows.append(row)
             print(f"  {name}: {row.get('mean_accuracy')} vs baseline {row['baseline']} ({res['wall_s']} s)", flush=True)

@@ -11,14 +11,12 @@ downstream 15%); downstream reuses depth_vs_width's BERT checkpoints, so it runs
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common as C  # noqa: E402
+import common as C
 
 SHARES = [("signal_propagation", 0.10), ("depth_vs_width", 0.50), ("depth_stress", 0.25), ("downstream", 0.15)]
 

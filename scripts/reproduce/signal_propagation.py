@@ -18,8 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common as C  # noqa: E402
+import common as C
 
 FIGURES = C.REPO / "scripts" / "signal_propagation_figures.py"
 

@@ -1,12 +1,11 @@
 """A few hundred real Wikipedia documents, sentence-split and tokenized once per session."""
 
 import itertools
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import REPO_ROOT, require_shared_data, run_python
+from tests.support import REPO_ROOT, require_shared_data, run_python
 
 NUM_DOCS = 300
 

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from helpers import run_python
+from tests.support import run_python
 
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "masking_stats.py"
 

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from helpers import REPO_ROOT, run_torchrun
+from tests.support import REPO_ROOT, run_torchrun
 
 ITERS = 5
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from data_fixtures import WORDPIECE_TOKENS, TINY_TEXTS, load_tool
+from tests.support import WORDPIECE_TOKENS, TINY_TEXTS, load_tool
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import json
 import subprocess
 import sys
 
-from data_fixtures import REPO_ROOT, TINY_TEXTS
-from helpers import cpu_env, free_port
+from tests.support import REPO_ROOT, TINY_TEXTS
+from tests.support import cpu_env, free_port
 
 _CHILD = r"""
 import sys, torch

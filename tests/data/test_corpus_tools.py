@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from data_fixtures import REPO_ROOT, load_tool
-from helpers import cpu_env, shared_data_dir
+from tests.support import REPO_ROOT, load_tool
+from tests.support import cpu_env, shared_data_dir
 
 
 @pytest.fixture(scope="module")

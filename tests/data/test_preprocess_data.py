@@ -2,20 +2,19 @@
 splitting, and bad input (one clear error, exit != 0, nothing half-written)."""
 
 import json
-import os
 import subprocess
 import sys
 
 import numpy
 import pytest
 
-from data_fixtures import REPO_ROOT, TINY_TEXTS
-from helpers import cpu_env, require_shared_data
+from tests.support import REPO_ROOT, TINY_TEXTS
+from tests.support import cpu_env, require_shared_data
 from megatron.training.indexed_data import (IndexedDataError, open_indexed_dataset,
                                             validate_indexed_dataset)
 from megatron.training.tokenizers import build_tokenizer
 from megatron.training.tokenizers.sentences import build_sentence_splitter
-from test_tokenizers import normalise
+from tests.data.test_tokenizers import normalise
 
 
 def _docs(ds):

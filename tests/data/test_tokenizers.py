@@ -3,11 +3,11 @@ import unicodedata
 
 import pytest
 
-from helpers import require_shared_data
+from tests.support import require_shared_data
 from megatron.core.tokenizers import MegatronTokenizerBase
 from megatron.training.tokenizers import (TokenizerError, build_tokenizer, padded_vocab_size)
 
-from data_fixtures import TINY_TEXTS
+from tests.support import TINY_TEXTS
 
 
 def normalise(text: str) -> str:

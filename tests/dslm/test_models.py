@@ -4,15 +4,11 @@ from __future__ import annotations
 
 from megatron.training.perf import SpeedOptions
 import inspect
-import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
-
-from common import causal_inputs, hand_table, make_config  # noqa: E402
+from tests.support import causal_inputs, hand_table, make_config
 
 
 pytestmark = pytest.mark.usefixtures("single_process_megatron")
@@ -84,7 +80,7 @@ def test_bert_builds_with_heads_and_loss():
 
 
 def _run_figures(tmp_path, *flags):
-    from helpers import free_port, require_shared_data, run_python
+    from tests.support import free_port, require_shared_data, run_python
 
     corpus = require_shared_data("corpus", "wiki-sample.jsonl")
     vocab = require_shared_data("vocab", "bert-base-uncased-vocab.txt")
@@ -103,7 +99,6 @@ def _run_figures(tmp_path, *flags):
 def _per_layer_ratio(out, name, scheme, summary, key):
     import json
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "scripts"))
     from megatron.dslm.plot_moments import predicted_columns
 
     from megatron.dslm.contract import ModelArch
@@ -151,3 +146,27 @@ def test_dslm_flat_at_192_layers(tmp_path):
     assert sorted(p.name for p in out.glob("*.png")) == sorted(
         f"{s}_{k}.png" for s in ("xavier", "dslm")
         for k in ("preln_forward_var", "preln_grad_var", "postln_grad_var", "postln_pre_norm_var"))
+
+
+def test_one_unwrap_for_checkpoints_init_and_observers():
+    """Checkpointing, the init and the observer all see the model inside a megatron-core wrapper."""
+    import copy
+
+    from megatron.core.transformer.module import Float16Module
+
+    from megatron.dslm.mcore.models import build_gpt_model
+    from megatron.dslm.mcore.observers import MomentObserver
+    from megatron.dslm.mcore.weight_init import apply_init_table
+    from megatron.training import checkpointing
+
+    table = hand_table(1, std=0.05)
+    model = build_gpt_model(make_config(num_layers=1), table, vocab_size=64, max_sequence_length=16, seed=2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    bf16 = copy.copy(model.config)
+    bf16.bf16 = True
+    wrapped = Float16Module(bf16, model)
+    assert checkpointing.unwrap_model(wrapped) is model
+    assert MomentObserver(wrapped).chunks == [model]
+    apply_init_table(wrapped, table, seed=2)  # reaches the parameters through the wrapper
+    for name, p in model.named_parameters():
+        assert torch.equal(p.float(), before[name].bfloat16().float()), name

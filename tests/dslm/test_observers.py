@@ -5,24 +5,14 @@ from __future__ import annotations
 from megatron.training.perf import SpeedOptions
 import json
 import math
-import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
-
-from common import causal_inputs, hand_table, make_config  # noqa: E402
+from tests.support import causal_inputs, hand_table, make_config
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _dist():
-    from megatron.training.initialize import initialize_distributed, set_random_seed
-
-    initialize_distributed(1, 1)
-    set_random_seed(1)  # megatron's RNG tracker must hold its streams before any forward
-    yield
+pytestmark = pytest.mark.usefixtures("single_process_megatron")
 
 
 def _direct_moments(x: torch.Tensor) -> dict:
@@ -194,7 +184,6 @@ def test_plot_moments_script(tmp_path):
     path = tmp_path / "moments.jsonl"
     write_moment_records(str(path), obs.collect(), 3)
     obs.detach()
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "scripts"))
     from megatron.dslm import plot_moments
 
     out = tmp_path / "m.png"
@@ -226,3 +215,17 @@ def test_sdpa_attention_logit_moments_equal_local(with_mask):
         for key in local:
             assert fused[key] == pytest.approx(local[key], rel=1e-5, abs=1e-8), (local["layer"], key)
     assert records[True][1]["attn_logit_var"] > 0
+
+
+def test_forward_sums_pool_batches_to_the_direct_moments():
+    """The public sums/moments pair (used by scripts) pools batches exactly like one concatenated batch."""
+    from megatron.dslm.mcore.observers import forward_sums, moments_from_forward
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(8, 2, 16, generator=g) + 0.3 * torch.randn(1, 2, 16, generator=g)
+    b = torch.randn(8, 3, 16, generator=g)
+    got = moments_from_forward(forward_sums(a) + forward_sums(b))
+    want = _direct_moments(torch.cat([a, b], dim=1))
+    assert set(got) == set(want)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key

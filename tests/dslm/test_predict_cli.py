@@ -1,4 +1,4 @@
-"""The predict CLI: JSON layout from the issue, warnings, one-line errors."""
+"""The predict CLI: JSON layout, warnings, one-line errors."""
 
 from __future__ import annotations
 

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 from megatron.training.perf import SpeedOptions
-import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
-
-from common import causal_inputs, hand_table, make_config  # noqa: E402
+from tests.support import causal_inputs, hand_table, make_config
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _dist():
-    from megatron.training.initialize import initialize_distributed
-
-    initialize_distributed(1, 1)
-    yield
+pytestmark = pytest.mark.usefixtures("single_process_megatron")
 
 
 def _seed(seed=5):
@@ -129,13 +120,13 @@ def test_scaled_residual_matches_hand_computation(post_ln):
 
 def test_beta_applies_before_dropout():
     """In training, the branch (output + bias) is scaled by β and then dropped out with the stock function."""
-    from megatron.dslm.mcore.specs import _scaled_bda
+    from megatron.dslm.mcore.specs import scaled_bda
     from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 
     out = torch.randn(4, 3, 5)
     bias = torch.randn(5)
     res = torch.randn(4, 3, 5)
-    fn = _scaled_bda(get_bias_dropout_add, 0.7, 0.3, None)(True, False)
+    fn = scaled_bda(get_bias_dropout_add, 0.7, 0.3, None)(True, False)
     torch.manual_seed(0)
     got = fn((out, bias), res, 0.5)
     torch.manual_seed(0)
@@ -146,10 +137,10 @@ def test_beta_applies_before_dropout():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_unfused_merge_equals_python_scalar_arithmetic_bit_for_bit(dtype):
     """λ is held as a 0-dim tensor for speed; value and gradients must be those of ``λ * x`` with a Python float."""
-    from megatron.dslm.mcore.specs import _unfused_scaled_bda
+    from megatron.dslm.mcore.specs import unfused_scaled_bda
 
     lam, beta = 0.998712345678, 0.0507
-    fn = _unfused_scaled_bda(False, lam, beta, None)
+    fn = unfused_scaled_bda(False, lam, beta, None)
     g = torch.Generator().manual_seed(0)
     out = torch.randn(4, 3, 5, generator=g).to(dtype).requires_grad_()
     res = torch.randn(4, 3, 5, generator=g).to(dtype).requires_grad_()
@@ -192,6 +183,65 @@ def test_post_ln_structure():
     assert not isinstance(pre.decoder.layers[0].input_layernorm, IdentityOp)
 
 
+def test_post_ln_is_built_by_construction_with_unchanged_keys():
+    """No hooks on the embedding or the block; the checkpoint keys are the ones saved checkpoints carry."""
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
+
+    from megatron.dslm.mcore.models import NormedLanguageModelEmbedding, build_bert_model, build_gpt_model
+    from megatron.dslm.mcore.specs import get_dslm_block_spec, get_dslm_gpt_layer_spec
+
+    config = make_config(num_layers=2, apply_residual_connection_post_layernorm=True)
+    gpt = build_gpt_model(config, hand_table(2), vocab_size=64, max_sequence_length=16)
+    bert = build_bert_model(config, hand_table(2), vocab_size=64, max_sequence_length=16)
+    for model, block in ((gpt, "decoder"), (bert, "encoder")):
+        assert type(model.embedding) is NormedLanguageModelEmbedding
+        assert not model.embedding._forward_hooks and not model.embedding._forward_pre_hooks
+        keys = {t.key for t in nested_values(model.sharded_state_dict())}  # the keys checkpoints store
+        assert {"embedding.embedding_layernorm.weight", "embedding.embedding_layernorm.bias"} <= keys
+        assert not any("final_layernorm" in k for k in keys)
+        assert {f"{block}.layers.post_attn_layernorm.weight", f"{block}.layers.post_mlp_layernorm.bias"} <= keys
+        assert not any(k.startswith(f"{block}.layers.input_layernorm") for k in keys)
+    assert bert.attn_mask_dimensions == "b1ss"  # BertModel's check saw the layer inside the block spec
+    spec = get_dslm_block_spec(config, get_dslm_gpt_layer_spec(hand_table(2), post_ln=True))
+    assert isinstance(spec, TransformerBlockSubmodules) and spec.layer_norm is None and len(spec.layer_specs) == 2
+    with pytest.raises(ValueError, match="norm placement"):
+        get_dslm_block_spec(config, get_dslm_gpt_layer_spec(hand_table(2), post_ln=False))
+    # Pre-LN: the stock keys, the final LayerNorm kept
+    pre = build_bert_model(make_config(num_layers=2), hand_table(2), vocab_size=64, max_sequence_length=16)
+    keys = {t.key for t in nested_values(pre.sharded_state_dict())}
+    assert "encoder.final_layernorm.weight" in keys and not any("embedding_layernorm" in k for k in keys)
+
+
+def test_norm_placement_comes_from_the_config_and_the_table_must_agree():
+    import dataclasses
+
+    from megatron.dslm.contract import ModelArch
+    from megatron.dslm.mcore.models import build_bert_model, build_gpt_model
+    from megatron.dslm.schemes.registry import build_init_table
+
+    pre, post = make_config(num_layers=2), make_config(num_layers=2, apply_residual_connection_post_layernorm=True)
+    arch = ModelArch(num_layers=2, hidden_size=32, num_attention_heads=4, seq_length=16, vocab_size=64)
+    for scheme in ("xavier", "dslm"):
+        pre_table = build_init_table(scheme, arch)
+        post_table = build_init_table(scheme, dataclasses.replace(arch, post_ln=True))
+        assert (pre_table.post_ln, post_table.post_ln) == (False, True)
+        with pytest.raises(ValueError, match="built for Post-LN but the model is Pre-LN"):
+            build_gpt_model(pre, post_table, vocab_size=64, max_sequence_length=16)
+        with pytest.raises(ValueError, match="built for Pre-LN but the model is Post-LN"):
+            build_bert_model(post, pre_table, vocab_size=64, max_sequence_length=16)
+        assert build_gpt_model(post, post_table, vocab_size=64, max_sequence_length=16).decoder.final_layernorm is None
+    # a hand-built table says nothing about placement, except that only Post-LN asks for the embedding LN
+    with pytest.raises(ValueError, match="built for Post-LN"):
+        build_gpt_model(pre, hand_table(2, embedding_layernorm=True), vocab_size=64, max_sequence_length=16)
+    # the legacy keyword may select Post-LN but not contradict the config
+    with pytest.raises(ValueError, match="config alone decides"):
+        build_gpt_model(post, hand_table(2), vocab_size=64, max_sequence_length=16, post_ln=False)
+    legacy = build_gpt_model(pre, hand_table(2), vocab_size=64, max_sequence_length=16, post_ln=True)
+    assert legacy.config.apply_residual_connection_post_layernorm and legacy.decoder.final_layernorm is None
+    assert not pre.apply_residual_connection_post_layernorm  # the caller's config is left alone
+
+
 def test_lm_logit_scale_scales_logits():
     from megatron.dslm.mcore.models import build_gpt_model
 
@@ -204,6 +254,7 @@ def test_lm_logit_scale_scales_logits():
         with torch.no_grad():
             outs.append(model(*inputs))
     torch.testing.assert_close(outs[1], 0.25 * outs[0], rtol=1e-5, atol=1e-6)
+    assert type(model).__name__ == "DSLMGPTModel" and model.lm_logit_scale == 0.25
 
 
 def test_relu_activation_and_fast_attention_match():

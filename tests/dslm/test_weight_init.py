@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import importlib
-import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
-
-from common import hand_table, make_config  # noqa: E402
+from tests.support import hand_table, make_config
 
 HIDDEN, HEADS, LAYERS = 64, 4, 3
 SCHEMES = ("megatron", "xavier", "dslm", "dslm-simplified", "deepnet", "dsinit")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _dist():
-    from megatron.training.initialize import initialize_distributed, set_random_seed
-
-    initialize_distributed(1, 1)
-    set_random_seed(1)  # megatron's RNG tracker must hold its streams before any forward
-    yield
+pytestmark = pytest.mark.usefixtures("single_process_megatron")
 
 
 def _rel_tol(n: int) -> float:
@@ -175,7 +165,7 @@ def test_full_weights_equal_tp1(layout_dumps, layout, kind):
 @pytest.mark.dist
 def test_full_weights_and_moments_tp2_pp2_equal_tp1(layout_dumps, tmp_path):
     """TP2 x PP2 (4 processes): the same full weights, and the same moments, as the single-process run."""
-    from helpers import REPO_ROOT, run_torchrun
+    from tests.support import REPO_ROOT, run_torchrun
 
     script = str(REPO_ROOT / "tests" / "dslm" / "scripts" / "dump_full_weights.py")
     proc = run_torchrun(4, [script, "--tp", "2", "--pp", "2", "--out", str(tmp_path / "tp2pp2.pt")], timeout=600)
@@ -188,3 +178,18 @@ def test_full_weights_and_moments_tp2_pp2_equal_tp1(layout_dumps, tmp_path):
             assert a.keys() == b.keys()
             for key in a:
                 assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-9), (kind, a["layer"], key)
+
+
+def test_task_heads_draw_from_the_weight_generator():
+    """One keyed generator for model weights and task heads: (seed, key, layer) decide the draw, nothing else."""
+    from megatron.dslm.mcore.weight_init import keyed_generator
+    from tasks.heads import init_linear_, keyed_generator as heads_generator
+
+    assert heads_generator is keyed_generator
+    linear = torch.nn.Linear(4, 3)
+    init_linear_(linear, 0.5, 7, "task_head.classifier")
+    want = 0.5 * torch.randn(3, 4, generator=keyed_generator(7, "task_head.classifier.weight"))
+    assert torch.equal(linear.weight.detach(), want) and torch.all(linear.bias == 0)
+    draws = [torch.randn(5, generator=keyed_generator(7, "k", layer)) for layer in (None, 0, 1)]
+    assert torch.equal(draws[1], torch.randn(5, generator=keyed_generator(7, "k", 0)))
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2])

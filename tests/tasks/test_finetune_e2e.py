@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from finetune_fixtures import write_membership_mnli, write_mnli, write_race, write_vocab
-from helpers import REPO_ROOT, run_python, run_torchrun
+from tests.support import write_membership_mnli, write_mnli, write_race, write_vocab
+from tests.support import REPO_ROOT, run_python, run_torchrun
 
 MAIN = str(REPO_ROOT / "tasks" / "main.py")
 

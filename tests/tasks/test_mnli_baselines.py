@@ -1,15 +1,11 @@
-"""scripts/mnli_baselines.py: each bag-of-words baseline finds exactly the signal it is built to see."""
+"""tasks/baselines.py (CLI: scripts/mnli_baselines.py): each bag-of-words baseline finds exactly the signal it
+is built to see."""
 
 import random
-import sys
 
-from helpers import REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-
-import mnli_baselines  # noqa: E402
-from tasks.data.examples import ClassificationExample  # noqa: E402
-from finetune_fixtures import write_mnli  # noqa: E402
+from tasks import baselines as mnli_baselines
+from tasks.data.examples import ClassificationExample
+from tests.support import write_mnli
 
 WORDS = [f"w{i}" for i in range(40)]
 

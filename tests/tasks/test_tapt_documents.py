@@ -1,17 +1,12 @@
-"""scripts/e2e_bert_finetune.py --tapt: MNLI pairs become pretraining documents whose sentences split into
+"""tasks/tapt.py (scripts/e2e_bert_finetune.py --tapt): MNLI pairs become pretraining documents whose sentences split into
 premise and hypothesis (BERT's dataset then makes them segments A and B, as finetuning does)."""
 
 import io
 import json
-import sys
 
-from helpers import REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-
-import e2e_bert_finetune  # noqa: E402
-from finetune_fixtures import MNLI_HEADER, mnli_row  # noqa: E402
-from megatron.training.tokenizers.sentences import build_sentence_splitter  # noqa: E402
+from megatron.training.tokenizers.sentences import build_sentence_splitter
+from tasks.tapt import write_pair_documents
+from tests.support import MNLI_HEADER, mnli_row
 
 
 def test_pair_documents_split_into_premise_and_hypothesis(tmp_path):
@@ -23,7 +18,7 @@ def test_pair_documents_split_into_premise_and_hypothesis(tmp_path):
     tsv = tmp_path / "train.tsv"
     tsv.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = io.StringIO()
-    assert e2e_bert_finetune.write_pair_documents(tsv, 3, out) == 3
+    assert write_pair_documents(tsv, 3, out) == 3
     docs = [json.loads(line)["text"] for line in out.getvalue().splitlines()]
     assert len(docs) == 3 and "unused" not in out.getvalue()
     split = build_sentence_splitter()

@@ -5,7 +5,7 @@ import json
 import numpy
 import pytest
 
-from helpers import require_shared_data
+from tests.support import require_shared_data
 from tasks.data import (MNLI_LABELS, ClassificationDataset, MultipleChoiceDataset, ReaderError,
                         encode_pair, read_mnli, read_qqp, read_race)
 from tasks.data.race import fill_option

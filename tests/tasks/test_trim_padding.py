@@ -1,16 +1,12 @@
 """Finetuning micro-batches cut to their longest sequence: shapes, and the BERT outputs are unchanged."""
 
 from megatron.training.perf import SpeedOptions
-import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "dslm", "scripts"))
-
-from common import hand_table, make_config  # noqa: E402
+from tests.support import hand_table, make_config
 
 
 def _item(n_real: int, seq: int, label: int, vocab: int = 64, seed: int = 0, choices: int = 0):

@@ -18,5 +18,12 @@ def losses(stdout: str) -> dict:
     return {int(m.group(1)): float(m.group(2)) for m in _LOSS.finditer(stdout)}
 
 
+def metric_records(path, split: str = "train") -> dict:
+    """{iteration: record} of one split of a run's JSONL metrics file (--metrics-file)."""
+    from megatron.training.metrics import read_metrics
+
+    return {r["iteration"]: r for r in read_metrics(str(path), split=split)}
+
+
 def assert_ok(proc):
     assert proc.returncode == 0, f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"

@@ -2,8 +2,8 @@
 
 import pytest
 
-from gpt_cases import TINY_GPT
-from helpers import run_python
+from tests.training.gpt_cases import TINY_GPT
+from tests.support import run_python
 
 BASE = TINY_GPT + ["--train-iters", "2"]
 
@@ -20,6 +20,8 @@ CASES = {
     "lambda-beta-not-normalised": (BASE + ["--residual-lambda-sq", "0.9", "--residual-beta-sq", "0.2"],
                                    "!= 1"),
     "unknown-scheme": (BASE + ["--init-scheme", "nope"], "--init-scheme 'nope' is unknown"),
+    "knob-ignored-by-scheme": (BASE + ["--init-scheme", "xavier", "--dslm-k", "2"],
+                               "--dslm-k has no effect with --init-scheme xavier"),
     "missing-vocab": (BASE + ["--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", "/nonexistent/v.txt"],
                       "does not exist"),
     "missing-data": ([a for a in BASE if a != "--mock-data"] + ["--data-path", "/nonexistent/prefix",
@@ -44,7 +46,7 @@ def test_bad_config_is_rejected_by_validation(case):
     assert needle in str(err.value)
 
 
-@pytest.mark.parametrize("case", ["micro-global-mismatch", "missing-data"])
+@pytest.mark.parametrize("case", ["micro-global-mismatch", "missing-data", "lambda-beta-not-normalised"])
 def test_bad_config_cli_exits_2_without_writing(case, tmp_path):
     argv, needle = CASES[case]
     save = tmp_path / "ck"
@@ -58,7 +60,7 @@ def test_bad_config_cli_exits_2_without_writing(case, tmp_path):
 
 def test_layers_not_divisible_by_pp_message(tmp_path):
     """With a world size that fits, the layer-count check itself must fire."""
-    from helpers import run_torchrun
+    from tests.support import run_torchrun
 
     proc = run_torchrun(2, _replace(BASE, "--num-layers", "3") + ["--pipeline-model-parallel-size", "2"],
                         timeout=300)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from helpers import run_python
+from tests.support import run_python
 
 
 def _extra_args(entry):

@@ -1,12 +1,11 @@
-"""Issue 4: a 1000-layer, 64-wide DSLM GPT trains 50 iterations on real text on CPU: loss falls, no NaN."""
+"""A 1000-layer, 64-wide DSLM GPT trains 50 iterations on real text on CPU: loss falls, no NaN."""
 
 import math
-import sys
 
 import pytest
 
-from gpt_cases import assert_ok, losses
-from helpers import REPO_ROOT, require_shared_data, run_python
+from tests.training.gpt_cases import assert_ok, losses
+from tests.support import REPO_ROOT, require_shared_data, run_python
 
 
 @pytest.mark.slow

@@ -6,8 +6,8 @@ dropout is off because tensor-parallel regions use per-rank dropout streams.
 
 import pytest
 
-from gpt_cases import NO_DROPOUT, TINY_GPT, assert_ok, losses
-from helpers import run_torchrun
+from tests.training.gpt_cases import NO_DROPOUT, TINY_GPT, assert_ok, losses
+from tests.support import run_torchrun
 
 ITERS = ["--train-iters", "6"]
 

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from gpt_cases import TINY_GPT, assert_ok, losses
-from helpers import REPO_ROOT, cpu_env, run_torchrun
+from megatron.training.metrics import read_metrics
+from tests.support import REPO_ROOT, cpu_env, run_torchrun
+from tests.training.gpt_cases import TINY_GPT, assert_ok, losses, metric_records
 
 DROPOUT = ["--hidden-dropout", "0.1", "--attention-dropout", "0.1"]
 
@@ -21,13 +22,21 @@ def test_resume_continues_exactly(tmp_path):
                                                   "--save-interval", "5", "--exit-interval", "5"])
     assert_ok(first)
     assert (tmp_path / "ck" / "latest_checkpointed_iteration.txt").read_text() == "5"
-    second = run_torchrun(1, TINY_GPT + DROPOUT + ["--train-iters", "10", "--load", str(tmp_path / "ck")])
+    metrics = tmp_path / "ck" / "metrics.jsonl"  # the first run's default (under --save); the second appends
+    second = run_torchrun(1, TINY_GPT + DROPOUT + ["--train-iters", "10", "--load", str(tmp_path / "ck"),
+                                                   "--metrics-file", str(metrics)])
     assert_ok(second)
     assert "resumed from" in second.stdout
     ref, a, b = losses(straight.stdout), losses(first.stdout), losses(second.stdout)
     assert sorted(a) == [1, 2, 3, 4, 5] and sorted(b) == [6, 7, 8, 9, 10]
     for it in range(1, 11):
         assert (a | b)[it] == ref[it], f"iteration {it}: resumed {(a | b)[it]} != straight {ref[it]}"
+    written = metric_records(metrics)
+    assert sorted(written) == list(range(1, 11))
+    for it, record in written.items():
+        assert f"{record['lm loss']:.6E}" == f"{ref[it]:.6E}", f"iteration {it}"
+    starts = [r["iteration"] for r in read_metrics(str(metrics)) if r.get("event") == "start"]
+    assert starts == [0, 5]
 
 
 def test_resume_at_another_layout(tmp_path):

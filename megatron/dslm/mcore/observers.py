@@ -5,7 +5,7 @@ Hooks exist only between :meth:`MomentObserver.attach` and :meth:`MomentObserver
 log pay nothing. Inside hooks everything stays a detached on-device float64 tensor (no ``.item()``, no sync);
 :meth:`MomentObserver.collect` reduces once per logged step.
 
-Definitions (theory.md "Conventions": moments over the init randomness, which is the same for every feature,
+Definitions (docs/theory.md, "Notation": moments over the init randomness, which is the same for every feature,
 so we pool over tokens, sequences and features with one scalar mean ``m``):
 
 * ``forward_mean`` = mean of all elements of the layer output ``x`` [s, b, h]; ``forward_var`` = mean of
@@ -31,13 +31,9 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
-
-FIELDS = ("forward_mean", "forward_var", "forward_corr", "grad_var", "attn_logit_var", "attn_logit_max",
-          "pre_norm_var", "pre_norm_var_attn")
-
 
 class _Stats:
     """Running sums for one layer (float64 tensors on the activations' device)."""
@@ -55,7 +51,8 @@ class _Stats:
         return new if acc is None else acc + new
 
 
-def _forward_sums(x: torch.Tensor) -> torch.Tensor:
+def forward_sums(x: torch.Tensor) -> torch.Tensor:
+    """Sufficient sums of an [s, b, h] activation for :func:`moments_from_forward`; add them to pool batches."""
     x = x.detach().to(torch.float64)
     s = x.shape[0]
     tok_sum = x.sum(dim=0)  # [b, h]: Σ_i x_i per (sequence, feature)
@@ -73,7 +70,8 @@ def _var_sums(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([n, x.sum(), (x * x).sum()])
 
 
-def _moments_from_forward(acc: torch.Tensor) -> Dict[str, float]:
+def moments_from_forward(acc: torch.Tensor) -> Dict[str, float]:
+    """``forward_mean``, ``forward_var`` and ``forward_corr`` (definitions above) from pooled :func:`forward_sums`."""
     n, total, sq, pairs, lin, n_pairs = acc.tolist()
     mean = total / n
     var = sq / n - mean * mean
@@ -85,12 +83,6 @@ def _var_from_sums(acc: torch.Tensor) -> float:
     n, total, sq = acc.tolist()
     mean = total / n
     return sq / n - mean * mean
-
-
-def _unwrap(module):
-    while type(module).__name__ in ("DistributedDataParallel", "Float16Module") and hasattr(module, "module"):
-        module = module.module
-    return module
 
 
 class MomentObserver:
@@ -106,7 +98,9 @@ class MomentObserver:
     """
 
     def __init__(self, model_chunks):
-        self.chunks = [_unwrap(m) for m in (model_chunks if isinstance(model_chunks, (list, tuple))
+        from megatron.core.utils import unwrap_model
+
+        self.chunks = [unwrap_model(m) for m in (model_chunks if isinstance(model_chunks, (list, tuple))
                                             else [model_chunks])]
         self._handles: List = []
         self._stats: Dict[int, _Stats] = defaultdict(_Stats)
@@ -118,7 +112,7 @@ class MomentObserver:
 
     def _record_output(self, layer_number: int, hidden: torch.Tensor) -> None:
         st = self._stats[layer_number]
-        st.fwd = _Stats._add(st.fwd, _forward_sums(hidden))
+        st.fwd = _Stats._add(st.fwd, forward_sums(hidden))
         if hidden.requires_grad:
             def grad_hook(grad, _st=st):
                 _st.grad = _Stats._add(_st.grad, _var_sums(grad))
@@ -236,7 +230,7 @@ class MomentObserver:
             st = self._stats[number]
             rec = {"layer": number}
             if st.fwd is not None:
-                rec.update(_moments_from_forward(st.fwd))
+                rec.update(moments_from_forward(st.fwd))
             if st.grad is not None:
                 rec["grad_var"] = _var_from_sums(st.grad)
             if st.logit is not None:

@@ -18,13 +18,14 @@ flag but reads it nowhere):
 
 * Post-LN (original BERT / Transformer)::
 
-      x_0 = LN_emb(embedding)                      # embedding LayerNorm, added by :func:`add_embedding_layernorm`
+      x_0 = LN_emb(embedding)                      # embedding LayerNorm (megatron.dslm.mcore.models)
       h   = LN_post_attn(λ_a·x + β_a·Attn(x))
       x'  = LN_post_mlp(λ_m·h + β_m·MLP(h))
-      ... no final LayerNorm (the last layer already ends in one; removed by :func:`remove_final_layernorm`).
+      ... no final LayerNorm (the last layer already ends in one): the block spec has ``layer_norm=None``.
 
 λ/β are read per layer from an :class:`~megatron.dslm.contract.InitTable` with the layer's global 1-based
-``layer_number`` (pipeline offset included), passed through ``ModuleSpec.params``.
+``layer_number`` (pipeline offset included), passed through ``ModuleSpec.params``. The norm placement comes from
+``config.apply_residual_connection_post_layernorm`` alone (:func:`get_dslm_block_spec`).
 """
 
 from __future__ import annotations
@@ -36,23 +37,28 @@ import torch
 
 from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
+from megatron.core.transformer.transformer_block import (
+    LayerNormImpl,
+    TransformerBlockSubmodules,
+    get_num_layers_to_build,
+)
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer
 
 from megatron.dslm.contract import InitTable
 
 
-def _scaled_bda(stock_bda: Callable, residual_scale: float, branch_scale: float,
+def scaled_bda(stock_bda: Callable, residual_scale: float, branch_scale: float,
                 post_norm: Optional[torch.nn.Module]) -> Callable:
     """Wrap a megatron bda factory ``(training, fused) -> fn(x_with_bias, residual, prob)``.
 
     With bias-dropout fusion (GPUs) the stock fused function still does the dropout and the add; we only
     pre-scale its inputs, and skip each multiply whose factor is exactly 1. Unfused, the merge is ours
-    (:func:`_unfused_scaled_bda`).
+    (:func:`unfused_scaled_bda`).
     """
 
     # Built once per layer, not at each forward (megatron calls the factory in every layer forward).
-    unfused = {mode: _unfused_scaled_bda(mode, residual_scale, branch_scale, post_norm) for mode in (False, True)}
+    unfused = {mode: unfused_scaled_bda(mode, residual_scale, branch_scale, post_norm) for mode in (False, True)}
 
     def factory(training: bool, fused: bool):
         if not fused:
@@ -74,7 +80,7 @@ def _scaled_bda(stock_bda: Callable, residual_scale: float, branch_scale: float,
     return factory
 
 
-def _unfused_scaled_bda(training: bool, residual_scale: float, branch_scale: float,
+def unfused_scaled_bda(training: bool, residual_scale: float, branch_scale: float,
                         post_norm: Optional[torch.nn.Module]) -> Callable:
     """``λ·residual + β·dropout(out + bias)`` in three ops (dropout, λ multiply, add with alpha=β).
 
@@ -142,10 +148,10 @@ class ScaledResidualTransformerLayer(TransformerLayer):
 
         # Keep the stock callables when nothing changes: λ = β = 1 must be the stock layer, bit for bit.
         if (self.attn_residual_scale, self.attn_branch_scale) != (1.0, 1.0) or post_layernorm is not None:
-            self.self_attn_bda = _scaled_bda(self.self_attn_bda, self.attn_residual_scale,
+            self.self_attn_bda = scaled_bda(self.self_attn_bda, self.attn_residual_scale,
                                              self.attn_branch_scale, self.post_attn_layernorm)
         if (self.mlp_residual_scale, self.mlp_branch_scale) != (1.0, 1.0) or post_layernorm is not None:
-            self.mlp_bda = _scaled_bda(self.mlp_bda, self.mlp_residual_scale, self.mlp_branch_scale,
+            self.mlp_bda = scaled_bda(self.mlp_bda, self.mlp_residual_scale, self.mlp_branch_scale,
                                        self.post_mlp_layernorm)
 
     @property
@@ -173,8 +179,8 @@ def _dslm_layer_spec(base: ModuleSpec, table: InitTable, post_ln: bool) -> Modul
 def get_dslm_gpt_layer_spec(table: InitTable, post_ln: bool = False, speed=None) -> ModuleSpec:
     """GPT layer spec with λ/β residual scaling from ``table`` (Post-LN if ``post_ln``).
 
-    Base: megatron-core's local spec (Transformer Engine's spec is not used). ``speed`` may put the SDPA core
-    attention in (:func:`megatron.training.perf.gpt_layer_spec`).
+    Base: megatron-core's local spec (Transformer Engine's spec is not used). ``speed`` may put the speed
+    paths' core attention and linears in (:func:`megatron.training.perf.gpt_layer_spec`).
     """
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.training import perf
@@ -186,63 +192,27 @@ def get_dslm_gpt_layer_spec(table: InitTable, post_ln: bool = False, speed=None)
 def get_dslm_bert_layer_spec(table: InitTable, post_ln: bool = False, speed=None) -> ModuleSpec:
     """BERT (padding-mask) layer spec with λ/β residual scaling from ``table`` (Post-LN if ``post_ln``).
 
-    ``speed`` is accepted for symmetry: BertModel rejects a non-stock core attention in the spec, so the SDPA
-    core goes in after construction (:func:`megatron.training.perf.apply_to_model`).
+    ``speed`` may put the speed paths' core attention and linears in (:func:`megatron.training.perf.bert_layer_spec`;
+    the model class must then come from :func:`megatron.training.perf.bert_model_class`).
     """
     from megatron.core.models.bert.bert_layer_specs import bert_layer_local_spec
+    from megatron.training import perf
 
-    return _dslm_layer_spec(bert_layer_local_spec, table, post_ln)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Model-level fix-ups applied after construction (the model classes take a layer spec, not a block spec).
+    return _dslm_layer_spec(perf.bert_layer_spec(bert_layer_local_spec, speed or perf.STOCK), table, post_ln)
 
 
-def remove_final_layernorm(block: torch.nn.Module) -> None:
-    """Post-LN: every layer already ends in a LayerNorm, so the block's final norm must go."""
-    if getattr(block, "final_layernorm", None) is not None:
-        block.final_layernorm = None
+def get_dslm_block_spec(config: TransformerConfig, layer_spec: ModuleSpec,
+                        vp_stage: Optional[int] = None) -> TransformerBlockSubmodules:
+    """This stage's block spec: ``layer_spec`` for each of its layers, then megatron's final LayerNorm (Pre-LN)
+    or none (Post-LN: every layer already ends in one).
 
-
-class _EmbeddingLayerNormHook:
-    """Forward hook ``embedding_output -> LN(embedding_output)`` (original BERT's embedding LayerNorm)."""
-
-    def __init__(self, norm: torch.nn.Module):
-        self.norm = norm
-
-    def __call__(self, module, inputs, output):
-        return self.norm(output)
-
-
-def add_embedding_layernorm(embedding: torch.nn.Module, config: TransformerConfig, norm_spec=None) -> None:
-    """Give megatron-core's ``LanguageModelEmbedding`` (which has none) a LayerNorm on its output.
-
-    The norm is a registered child ``embedding.embedding_layernorm`` (so it is in ``sharded_state_dict()``
-    and the optimizer), applied after the embedding dropout by a permanent forward hook.
+    The norm placement is ``config.apply_residual_connection_post_layernorm``; ``layer_spec`` must have been built
+    for the same placement (:func:`get_dslm_gpt_layer_spec` / :func:`get_dslm_bert_layer_spec`).
     """
-    if norm_spec is None:
-        from megatron.core.models.backends import LocalSpecProvider
-        norm_spec = LocalSpecProvider().layer_norm(rms_norm=False, for_qk=False)
-    embedding.embedding_layernorm = build_module(norm_spec, config=config, hidden_size=config.hidden_size,
-                                                 eps=config.layernorm_epsilon)
-    embedding.register_forward_hook(_EmbeddingLayerNormHook(embedding.embedding_layernorm))
-
-
-class _LogitScaleHook:
-    """Forward pre-hook on the output layer: scale the final hidden state (DSLM LM-head scaling)."""
-
-    def __init__(self, scale: float):
-        self.scale = float(scale)
-
-    def __call__(self, module, args):
-        return (args[0] * self.scale,) + tuple(args[1:])
-
-
-def add_lm_logit_scale(output_layer: torch.nn.Module, scale: float) -> None:
-    """Multiply the output layer's input (the final hidden state) by ``scale``; no-op for scale 1.
-
-    A pre-hook, so it follows the output layer to whichever pipeline stage owns it and works for the tied and
-    untied heads alike.
-    """
-    if float(scale) != 1.0:
-        output_layer.register_forward_pre_hook(_LogitScaleHook(scale))
+    post_ln = bool(config.apply_residual_connection_post_layernorm)
+    if ((layer_spec.params or {}).get("post_layernorm") is not None) != post_ln:
+        raise ValueError(f"the layer spec's norm placement differs from the config's "
+                         f"(apply_residual_connection_post_layernorm={post_ln})")
+    # The same list megatron-core builds from a layer spec, with LayerNormImpl as the final norm (Pre-LN).
+    return TransformerBlockSubmodules(layer_specs=[layer_spec] * get_num_layers_to_build(config, vp_stage),
+                                      layer_norm=None if post_ln else LayerNormImpl)

@@ -16,7 +16,7 @@ Pad to a TP-independent size (e.g. divisible by 128 × the largest TP you use) w
 from __future__ import annotations
 
 import zlib
-from typing import Dict, Iterable, Iterator, List, Optional, Union
+from typing import List, Optional, Union
 
 import torch
 
@@ -42,9 +42,12 @@ _LAYER_ROLES = {
 }
 
 
-def _generator(seed: int, key: str, layer_index: Optional[int]) -> torch.Generator:
-    """A CPU generator seeded by a stable 64-bit hash of (seed, key, layer) — never Python's salted hash()."""
-    text = f"{int(seed)}|{key}|{'-' if layer_index is None else int(layer_index)}".encode()
+def keyed_generator(seed: int, key: str, layer: Optional[int] = None) -> torch.Generator:
+    """A CPU generator whose stream depends only on (seed, key, layer), never on rank, layout or call order.
+
+    Seeded by a stable 64-bit hash (crc32, adler32) — never Python's salted ``hash()``.
+    """
+    text = f"{int(seed)}|{key}|{'-' if layer is None else int(layer)}".encode()
     gen = torch.Generator(device="cpu")
     gen.manual_seed((zlib.crc32(text) << 32) | zlib.adler32(text))
     return gen
@@ -65,27 +68,6 @@ def qkv_row_std(layer: LayerInit, num_attention_heads: int, num_query_groups: in
         torch.full((head_dim,), float(layer.value_std)),
     ])
     return group.repeat(num_query_groups)
-
-
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    """Strip DDP / Float16Module wrappers (they keep the model in ``.module``)."""
-    while not hasattr(module, "sharded_state_dict") or type(module).__name__ in (
-            "DistributedDataParallel", "Float16Module", "TorchFullyShardedDataParallel"):
-        if not hasattr(module, "module"):
-            break
-        module = module.module
-    return module
-
-
-def _iter_sharded(tree) -> Iterator:
-    if isinstance(tree, dict):
-        for value in tree.values():
-            yield from _iter_sharded(tree=value)
-    elif isinstance(tree, (list, tuple)):
-        for value in tree:
-            yield from _iter_sharded(value)
-    else:
-        yield tree
 
 
 def _is_norm_key(key: str) -> bool:
@@ -147,7 +129,7 @@ def _init_one(sh_ten, table: InitTable, seed: int, config) -> None:
         return
     layer_number = None if layer_index is None else layer_index + 1
     std = _role_std(key, table, layer_number, config, full_shape[0])
-    full = torch.randn(full_shape, generator=_generator(seed, key, layer_index), dtype=torch.float32)
+    full = torch.randn(full_shape, generator=keyed_generator(seed, key, layer_index), dtype=torch.float32)
     if isinstance(std, torch.Tensor):
         full.mul_(std.view(-1, *([1] * (full.dim() - 1))))
     else:
@@ -170,16 +152,18 @@ def apply_init_table(model: Union[torch.nn.Module, List[torch.nn.Module]], table
     Biases start at 0, LayerNorms at (weight 1, bias 0). Tied embedding/output copies share one checkpoint key
     and so get the same draw on every stage. Gated MLPs (``ShardedTensorFactory`` for fc1) are rejected.
     """
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
     from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, ShardedTensorFactory
+    from megatron.core.utils import unwrap_model
 
     chunks = list(model) if isinstance(model, (list, tuple)) else [model]
     with torch.no_grad():
         for chunk in chunks:
-            chunk = _unwrap(chunk)
+            chunk = unwrap_model(chunk)
             config = chunk.config
             param_ptrs = {p.data_ptr(): name for name, p in chunk.named_parameters()}
             done = set()
-            for item in _iter_sharded(chunk.sharded_state_dict()):
+            for item in nested_values(chunk.sharded_state_dict()):
                 if isinstance(item, ShardedTensorFactory):
                     raise NotImplementedError(
                         f"'{item.key}' is a ShardedTensorFactory (gated MLP / SwiGLU fc1): apply_init_table "

@@ -1,40 +1,75 @@
-"""Helpers shared by the scheme modules: residual lambda/beta and per-layer table assembly."""
+"""Helpers shared by the scheme modules: the scheme record, residual lambda/beta and per-layer table assembly."""
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Tuple
+from dataclasses import dataclass
+from typing import Callable, FrozenSet, Tuple
 
+from ..config import flag
 from ..contract import InitTable, LayerInit, ModelArch
+
+# Every table records its depth and norm placement (``build_init_table`` tags post_ln).
+READS_ALWAYS = frozenset({"num_layers", "apply_residual_connection_post_layernorm"})
+READS_RESIDUAL = frozenset({"dslm_k", "residual_lambda_sq", "residual_beta_sq", "allow_unnormalized_residual"})
+READS_XAVIER = READS_ALWAYS | {"hidden_size", "ffn_hidden_size"}
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """An init scheme: ``build(arch)`` and the ``DSLMConfig`` fields it reads (nothing else changes its table)."""
+
+    name: str
+    build: Callable[[ModelArch], "InitTable"]
+    reads: FrozenSet[str]
+
+    @property
+    def flag_name(self) -> str:
+        return self.name.replace("_", "-")
+
 
 RESIDUAL_TOLERANCE = 1e-6
 
 
-def residual_scalars(arch: ModelArch) -> Tuple[float, float]:
-    """(lambda, beta) of the DSLM merge lambda x + beta F(x) with lambda^2 + beta^2 = 1.
+def residual_squares(arch: ModelArch) -> Tuple[float, float]:
+    """(lambda^2, beta^2) of the merge lambda x + beta F(x), checked: the one home of the residual rule.
 
     beta^2 = dslm_k / N by default; ``residual_lambda_sq`` / ``residual_beta_sq`` override it (one given:
-    the other is 1 minus it). Unnormalised pairs are refused unless ``allow_unnormalized_residual``:
-    with lambda^2 + beta^2 != 1 the variance drifts geometrically over depth (theory.md, "DeepScaleLM").
+    the other is 1 minus it). lambda^2 + beta^2 != 1 is refused unless ``allow_unnormalized_residual``:
+    the stream's variance would then drift geometrically over depth (docs/theory.md, "Blocks and residual
+    merges"). Messages name the flags, spelled as every CLI and training spell them.
     """
     lambda_sq, beta_sq = arch.residual_lambda_sq, arch.residual_beta_sq
+    if not arch.dslm_k > 0.0:
+        raise ValueError(f"{flag('dslm_k')} must be positive, got {arch.dslm_k}")
+    for name, value in (("residual_lambda_sq", lambda_sq), ("residual_beta_sq", beta_sq)):
+        if value is not None and not value >= 0.0:
+            raise ValueError(f"{flag(name)} must be >= 0, got {value}")
     if lambda_sq is None and beta_sq is None:
         beta_sq = arch.dslm_k / arch.num_layers
         lambda_sq = 1.0 - beta_sq
-    elif beta_sq is None:
-        beta_sq = 1.0 - lambda_sq
-    elif lambda_sq is None:
-        lambda_sq = 1.0 - beta_sq
-    if lambda_sq < 0.0 or beta_sq < 0.0:
+        if lambda_sq < 0.0:
+            raise ValueError(f"{flag('dslm_k')} {arch.dslm_k} over {flag('num_layers')} {arch.num_layers} gives "
+                             f"beta^2 = {beta_sq:.6g} > 1; residual scaling needs lambda^2, beta^2 >= 0")
+    elif beta_sq is None or lambda_sq is None:
+        given = "residual_lambda_sq" if beta_sq is None else "residual_beta_sq"
+        other = 1.0 - (lambda_sq if beta_sq is None else beta_sq)
+        if other < 0.0:
+            raise ValueError(f"{flag(given)} {getattr(arch, given)} > 1 leaves a negative square for the other "
+                             f"scalar; residual scaling needs lambda^2, beta^2 >= 0")
+        lambda_sq, beta_sq = (lambda_sq, other) if beta_sq is None else (other, beta_sq)
+    elif abs(lambda_sq + beta_sq - 1.0) > RESIDUAL_TOLERANCE and not arch.allow_unnormalized_residual:
         raise ValueError(
-            f"residual scaling needs lambda^2 >= 0 and beta^2 >= 0, got lambda^2={lambda_sq}, beta^2={beta_sq} "
-            f"(dslm_k={arch.dslm_k}, num_layers={arch.num_layers})"
+            f"{flag('residual_lambda_sq')} {lambda_sq} + {flag('residual_beta_sq')} {beta_sq} = "
+            f"{lambda_sq + beta_sq:.6g} != 1: residual scaling needs lambda^2 + beta^2 = 1 "
+            f"(pass {flag('allow_unnormalized_residual')} to override)"
         )
-    if abs(lambda_sq + beta_sq - 1.0) > RESIDUAL_TOLERANCE and not arch.allow_unnormalized_residual:
-        raise ValueError(
-            f"residual scaling needs lambda^2 + beta^2 = 1 (got {lambda_sq} + {beta_sq} = {lambda_sq + beta_sq}); "
-            "set allow_unnormalized_residual to use it anyway"
-        )
+    return lambda_sq, beta_sq
+
+
+def residual_scalars(arch: ModelArch) -> Tuple[float, float]:
+    """(lambda, beta) of the DSLM merge lambda x + beta F(x); see ``residual_squares`` for the rule."""
+    lambda_sq, beta_sq = residual_squares(arch)
     return math.sqrt(lambda_sq), math.sqrt(beta_sq)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .common import xavier_layer_stds
+from .common import READS_XAVIER, Scheme, xavier_layer_stds
 from ..contract import InitTable, ModelArch
 from .xavier import xavier_table
 
@@ -28,3 +28,6 @@ def deepnet_table(arch: ModelArch) -> InitTable:
         dataclasses.replace(layer, attn_lambda=alpha, mlp_lambda=alpha, **layer_stds) for layer in table.layers
     )
     return dataclasses.replace(table, scheme="deepnet", layers=layers, notes=notes)
+
+
+SCHEME = Scheme("deepnet", deepnet_table, READS_XAVIER)

@@ -8,6 +8,7 @@ import math
 
 from ..contract import InitTable, ModelArch
 from .xavier import xavier_table
+from .common import READS_XAVIER, Scheme
 
 _LINEAR_ROLES = ("query_std", "key_std", "value_std", "attn_proj_std", "fc1_std", "fc2_std")
 
@@ -21,3 +22,6 @@ def dsinit_table(arch: ModelArch) -> InitTable:
         for layer in table.layers
     )
     return dataclasses.replace(table, scheme="dsinit", layers=layers)
+
+
+SCHEME = Scheme("dsinit", dsinit_table, READS_XAVIER)

@@ -1,4 +1,5 @@
-"""DeepScaleLM init (Kedia et al. 2024, Sec. 3; theory.md "DeepScaleLM"): every block's output at unit variance.
+"""DeepScaleLM init (Kedia et al. 2024, Sec. 3; docs/theory.md, "DeepScaleLM init"): every block's output at
+unit variance.
 
 With unit-variance input (Pre-LN LayerNorm output, or the Post-LN stream):
 * embeddings: each of the T tables sigma^2 = (1 - p) / T, so the sum after dropout has variance 1;
@@ -6,11 +7,11 @@ With unit-variance input (Pre-LN LayerNorm output, or the Post-LN stream):
 * V, O: sigma_v^2 sigma_o^2 d^2 corr_l / (1 - p) = 1 with sigma_v = sigma_o, corr_l the correlation the
   attention keeps (averaging tokens keeps only the shared part of V);
 * FFN (ReLU): 2 d^2 sigma_1^2 sigma_2^2 = 1 - p with sigma_1 = sigma_2 (f = 4d; other f: d f sigma_1^2
-  sigma_2^2 / 2 = 1 - p). GeLU *(ours)*: sigma_1 as for ReLU, sigma_2 from E[GeLU(z)^2];
+  sigma_2^2 / 2 = 1 - p). GeLU (not in the reference): sigma_1 as for ReLU, sigma_2 from E[GeLU(z)^2];
 * pooler, LM-head dense, binary head: 1/d; final hidden state scaled by 1/sqrt(sigma_e^2 d) before the
   tied-embedding logits; residual lambda^2 + beta^2 = 1 with beta^2 = k/N.
 
-corr_l *(ours, beyond the reference's r_l)*: the effective correlation of the attention output, corr_l +
+corr_l (beyond the reference's r_l): the effective correlation of the attention output, corr_l +
 E[sum P^2] (1/(1 - p_attn) - corr_l), so that short or causal sequences with little token correlation
 (random-token mock data) still get unit variance. It follows the correlation recurrence run by the theory
 code: r <- r0 (1 - p); per layer the attention branch's correlation, merge; the FFN map, merge.
@@ -26,7 +27,7 @@ from ..theory.attention import mixing_stats
 from ..theory.blocks import ffn_corr_map
 from ..theory.layers import dropout, residual_merge
 from ..theory.moments import Moments
-from .common import make_table, residual_scalars
+from .common import READS_ALWAYS, READS_RESIDUAL, Scheme, make_table, residual_scalars
 from ..contract import InitTable, LayerInit, ModelArch
 
 
@@ -93,3 +94,9 @@ def dslm_table(arch: ModelArch) -> InitTable:
         embedding_layernorm=arch.post_ln,
         notes=(f"beta^2={beta**2:.6g} lambda^2={lambda_**2:.6g}", f"embedding_corr r0={arch.embedding_corr}"),
     )
+
+
+SCHEME = Scheme("dslm", dslm_table, READS_ALWAYS | READS_RESIDUAL | {
+    "hidden_size", "ffn_hidden_size", "seq_length", "hidden_dropout", "attention_dropout",
+    "activation", "model_type", "num_tokentypes", "embedding_corr",
+})

@@ -1,13 +1,14 @@
-"""Simplified DSLM *(our interpretation of the paper's "simple" variant)*: keep the lambda/beta residual
-scaling, drop the correlation tracking. Every linear layer gets sigma^2 = 1/d, the embedding tables sum
-to unit variance (each 1/T), heads 1/d, logits scaled by 1/sqrt(sigma_e^2 d). Branch outputs are then only
-O(1), not exactly 1; lambda^2 + beta^2 = 1 with small beta^2 keeps the stream near unit variance anyway."""
+"""Simplified DSLM (a reading of the paper's "simple" variant; docs/theory.md, "DeepScaleLM init"): keep the
+lambda/beta residual scaling, drop the correlation tracking. Every linear layer gets sigma^2 = 1/d, the
+embedding tables sum to unit variance (each 1/T), heads 1/d, logits scaled by 1/sqrt(sigma_e^2 d). Branch
+outputs are then only O(1), not exactly 1; lambda^2 + beta^2 = 1 with small beta^2 keeps the stream near unit
+variance anyway."""
 
 from __future__ import annotations
 
 import math
 
-from .common import build_layers, make_table, residual_scalars
+from .common import READS_ALWAYS, READS_RESIDUAL, Scheme, build_layers, make_table, residual_scalars
 from ..contract import InitTable, ModelArch
 
 
@@ -24,3 +25,7 @@ def dslm_simplified_table(arch: ModelArch) -> InitTable:
         lm_logit_scale=1.0 / math.sqrt(embedding_std**2 * arch.hidden_size),
         embedding_layernorm=arch.post_ln,
     )
+
+
+SCHEME = Scheme("dslm_simplified", dslm_simplified_table,
+                READS_ALWAYS | READS_RESIDUAL | {"hidden_size", "model_type", "num_tokentypes"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .common import build_layers, make_table
+from .common import READS_ALWAYS, Scheme, build_layers, make_table
 from ..contract import InitTable, ModelArch
 
 
@@ -14,3 +14,6 @@ def megatron_table(arch: ModelArch) -> InitTable:
     out_std = std / math.sqrt(2.0 * arch.num_layers)
     layer_stds = dict(query_std=std, key_std=std, value_std=std, attn_proj_std=out_std, fc1_std=std, fc2_std=out_std)
     return make_table("megatron", std, std, build_layers(arch, lambda n: layer_stds))
+
+
+SCHEME = Scheme("megatron", megatron_table, READS_ALWAYS | {"init_method_std"})

@@ -1,4 +1,4 @@
-"""ReLU and exact-erf GeLU moments for zero-mean Gaussian inputs (theory.md, "ReLU", "GeLU").
+"""ReLU and exact-erf GeLU moments for zero-mean Gaussian inputs (docs/theory.md, "Components").
 
 Both forward functions return the centred covariance; ``Moments.second_moment_corr`` gives the
 uncentred correlation a following linear layer propagates.

@@ -1,5 +1,5 @@
-"""Softmax, single-head and multi-head attention moments, forward and backward (theory.md, "Softmax",
-"Single-head attention"), including the query/key path of the backward pass *(ours)*.
+"""Softmax, single-head and multi-head attention moments, forward and backward (docs/theory.md,
+"Components"), including the query/key path of the backward pass *(ours)*.
 
 Derivation of the backward pass (near-uniform attention at init, logits with variance s and correlation
 r across keys, e = exp((1 - r) s) the softmax's second-moment inflation, p = attention dropout). With
@@ -115,7 +115,7 @@ def softmax(logits: Moments, length: int, full: bool = True) -> Moments:
     """Probabilities of a softmax over ``length`` logits (variance var, correlation corr across keys).
 
     Only the per-key independent part (1 - corr) var spreads the probabilities. The approximate form
-    (theory.md) assumes length >> exp((1 - corr) var); the full form *(ours)* integrates over the
+    (the paper's, docs/theory.md "Components") assumes length >> exp((1 - corr) var); the full form *(ours)* integrates over the
     query key's logit with a log-normal sum for the others, which stays below the 1/L bound.
     """
     spread_var = max(0.0, (1.0 - logits.corr) * logits.var)

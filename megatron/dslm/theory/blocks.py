@@ -1,4 +1,4 @@
-"""Composite blocks: FFN, attention sub-layer, Pre-LN and Post-LN transformer layers (theory.md, "Blocks").
+"""Composite blocks: FFN, attention sub-layer, Pre-LN and Post-LN transformer layers (docs/theory.md, "Blocks and residual merges").
 
 A layer's forward returns its output ``Moments`` and a ``LayerTrace`` of the intermediate moments its
 backward needs; ``*_backward`` maps the gradient at the layer output to the gradient at its input.

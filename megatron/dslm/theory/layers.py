@@ -1,7 +1,7 @@
 """Closed-form moments of the parameter-light layers: linear, LayerNorm, dropout, embeddings, residual merge.
 
 Each forward function maps input ``Moments`` to output ``Moments``; each ``*_backward`` maps the gradient
-arriving from above to the gradient w.r.t. the layer input (theory.md, "Per-component moments").
+arriving from above to the gradient w.r.t. the layer input (docs/theory.md, "Components").
 """
 
 from __future__ import annotations

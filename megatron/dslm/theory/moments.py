@@ -1,4 +1,4 @@
-"""Moment types the theory passes between components (theory.md, "Conventions").
+"""Moment types the theory passes between components (docs/theory.md, "Notation").
 
 A hidden state is modelled per feature: every token has mean ``mean`` and variance ``var``; two distinct
 tokens have covariance ``corr * var``. Expectations run over the random weights *and* the random input, so

@@ -1,7 +1,7 @@
 """Whole-model moment profile: embeddings, then every layer forward, then the gradient back down.
 
 ``predict_profile(arch, table)`` reads the same ``InitTable`` the model-init code applies, so what it
-predicts is what ``apply_init_table`` builds (theory.md, "Blocks", "DeepScaleLM").
+predicts is what ``apply_init_table`` builds (docs/theory.md, "Blocks and residual merges", "DeepScaleLM init").
 """
 
 from __future__ import annotations

@@ -7,19 +7,27 @@ a model class, a DDP wrapper or an optimizer and never imports a path directly, 
 stock value (``--attention-backend local --linear-impl megatron --grad-buffer-impl megatron
 --mlm-head-positions all``) gives stock megatron-core code.
 
+Model paths go in at construction: through the layer spec (:func:`gpt_layer_spec`, :func:`bert_layer_spec`)
+or as the model class (:func:`bert_model_class`). The one exception is the ``F.linear`` class of the output
+layer, which megatron-core builds inline (:func:`apply_to_model`).
+
 The CPU shim (:mod:`.cpu_compat`) also lives here: it is not a speed path but the other thing that swaps
 megatron-core behaviour, and it is applied only in CPU mode.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import List, Tuple
 
 
 @dataclass(frozen=True)
 class SpeedPath:
-    """One row of the table: what a path is, who switches it, what it replaces and how exact it is."""
+    """One row of the table: what a path is, who switches it, what it replaces and how exact it is.
+
+    ``name`` is the module of this package that implements it (``megatron.training.perf.<name>``).
+    """
 
     name: str
     flag: str
@@ -32,14 +40,14 @@ SPEED_PATHS: Tuple[SpeedPath, ...] = (
     SpeedPath("cpu_compat", "--cpu (or no CUDA device)",
               "torch.cuda device/RNG/synchronize calls and CUDA tensor-type checks inside megatron-core",
               "bitwise (only device placement and type names change)", "CPU mode only; never on a GPU"),
-    SpeedPath("apex_fallbacks", "always (when apex/TE are missing)",
+    SpeedPath("apex_fallbacks", "always (where apex/TE are missing)",
               "megatron.core.utils.local_multi_tensor_l2_norm / local_multi_tensor_scale Python loops",
               "norm <= 1e-6 relative; scale bitwise", "only where megatron fell back to its local loops"),
     SpeedPath("sdpa_attention", "--attention-backend {auto,sdpa} (local = stock)",
               "megatron-core's unfused DotProductAttention core",
-              "<= 1e-6 relative (fp32)", "local layer spec; causal and padding masks"),
+              "<= 1e-6 relative (fp32)", "local layer spec (GPT and BERT); causal and padding masks"),
     SpeedPath("torch_linear", "--linear-impl torch (megatron = stock)",
-              "ColumnParallelLinear/RowParallelLinear autograd Function at TP=1",
+              "ColumnParallelLinear/RowParallelLinear autograd Function and separate bias add at TP=1",
               "<= 1e-6 relative (bias added inside the GEMM)",
               "linears with nothing to communicate (TP=1, no SP, no fused grad accumulation)"),
     SpeedPath("sparse_mlm", "--mlm-head-positions masked (all = stock)",
@@ -49,7 +57,7 @@ SPEED_PATHS: Tuple[SpeedPath, ...] = (
               "megatron DDP's per-parameter grad hooks and list-based grad norm/clip",
               "bitwise grads; grad norm <= 1e-7 relative",
               "fp32 grads in an fp32 buffer, no overlapped reduction; norm at TP=PP=1"),
-    SpeedPath("fused_adam", "always in CPU mode",
+    SpeedPath("fused_adam", "always in CPU mode (--cpu or no CUDA device)",
               "torch AdamW's per-parameter Python loop (megatron's no-apex fallback)",
               "<= 1e-6 relative (same AdamW arithmetic in one C++ kernel)", "CPU mode only"),
 )
@@ -85,32 +93,73 @@ def install_process_wide(force_cpu: bool = False) -> List[str]:
     return applied
 
 
+def _layer_spec(spec, options: SpeedOptions):
+    if options.sdpa_attention:
+        from megatron.training.perf.sdpa_attention import with_sdpa_core_attention
+
+        spec = with_sdpa_core_attention(spec)
+    if options.torch_linear:
+        from megatron.training.perf.torch_linear import with_torch_linears
+
+        spec = with_torch_linears(spec)
+    return spec
+
+
 def gpt_layer_spec(spec, options: SpeedOptions = STOCK):
-    """The GPT layer spec with the SDPA core attention when asked (it goes in through the spec)."""
-    if not options.sdpa_attention:
-        return spec
-    from megatron.training.perf.sdpa_attention import with_sdpa_core_attention
+    """A local GPT layer spec with the SDPA core and the ``F.linear`` qkv/proj/fc1/fc2 put in where asked.
 
-    return with_sdpa_core_attention(spec)
+    ``spec`` itself is never modified; with :data:`STOCK` it is returned as it is.
+    """
+    return _layer_spec(spec, options)
 
 
-def bert_model_class(options: SpeedOptions = STOCK):
-    """megatron-core's BertModel, or the masked-positions LM-head subclass."""
-    if options.masked_positions_mlm:
+def bert_layer_spec(spec, options: SpeedOptions = STOCK):
+    """The same for a local BERT layer spec; build it with :func:`bert_model_class` of the same ``options``.
+
+    (``BertModel`` accepts the SDPA core only through :class:`~.sdpa_attention.SDPABertModel`.)
+    """
+    return _layer_spec(spec, options)
+
+
+def bert_model_class(options: SpeedOptions = STOCK) -> type:
+    """megatron-core's ``BertModel``, or the subclass that the BERT-level paths in ``options`` need.
+
+    ``masked_positions_mlm``: :class:`~.sparse_mlm.MaskedPositionsBertModel`; ``sdpa_attention``:
+    :class:`~.sdpa_attention.SDPABertModel` (its mask-layout check accepts the SDPA core); both: one class with
+    both (the same class object whenever those two flags agree, so callers may cache on it).
+    """
+    return _bert_model_class(options.sdpa_attention, options.masked_positions_mlm)
+
+
+@functools.lru_cache(maxsize=None)
+def _bert_model_class(sdpa_attention: bool, masked_positions_mlm: bool) -> type:
+    bases = []
+    if sdpa_attention:
+        from megatron.training.perf.sdpa_attention import SDPABertModel
+
+        bases.append(SDPABertModel)
+    if masked_positions_mlm:
         from megatron.training.perf.sparse_mlm import MaskedPositionsBertModel
 
-        return MaskedPositionsBertModel
-    from megatron.core.models.bert.bert_model import BertModel
+        bases.append(MaskedPositionsBertModel)
+    if not bases:
+        from megatron.core.models.bert.bert_model import BertModel
 
-    return BertModel
+        return BertModel
+    if len(bases) == 1:
+        return bases[0]
+    return type("MaskedPositionsSDPABertModel", tuple(bases),
+                {"__doc__": "``BertModel`` with the SDPA core's mask check and the masked-positions LM head.",
+                 "__module__": __name__})
 
 
-def apply_to_model(model, options: SpeedOptions = STOCK, bert: bool = False):
-    """Paths that act on built modules: SDPA core for BERT (its mask check rejects it in the spec), TP linears."""
-    if options.sdpa_attention and bert:
-        from megatron.training.perf.sdpa_attention import use_sdpa_core_attention
+def apply_to_model(model, options: SpeedOptions = STOCK):
+    """The one path that acts on a built model: ``F.linear`` for the TP linears no spec reaches.
 
-        use_sdpa_core_attention(model)
+    megatron-core's ``GPTModel`` and ``BertModel`` build their ``output_layer`` inline, so
+    :func:`~.torch_linear.use_torch_linears` changes its class after construction; every other path goes in
+    at construction (:func:`gpt_layer_spec`, :func:`bert_layer_spec`, :func:`bert_model_class`).
+    """
     if options.torch_linear:
         from megatron.training.perf.torch_linear import use_torch_linears
 

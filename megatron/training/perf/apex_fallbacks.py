@@ -1,14 +1,14 @@
 """torch ``_foreach`` replacements for megatron-core's no-apex / no-Transformer-Engine multi-tensor fallbacks.
 
-Without apex or TE, megatron-core's gradient clipping and fp16/bf16 param copies use
-``megatron.core.utils.local_multi_tensor_l2_norm`` / ``local_multi_tensor_scale``: Python loops with one or two
-ops per parameter, and the norm builds ``torch.tensor(list of 0-d tensors)``, a device-to-host copy per
-parameter on a GPU. Deep models have thousands of parameters, so that loop shows up in every step (CPU, 384x32:
-~2.5 % of the step). The replacements below have the same signature and return values but run one
-``torch._foreach_*`` call per list (a multi-tensor kernel on CUDA; a C++ loop on CPU).
+Flag: none; always, wherever apex and TE are missing (GPU too). Replaces:
+``megatron.core.utils.local_multi_tensor_l2_norm`` / ``local_multi_tensor_scale``, which gradient clipping and
+the fp16/bf16 param copies use without apex or TE: Python loops with one or two ops per parameter, and the norm
+builds ``torch.tensor(list of 0-d tensors)``, a device-to-host copy per parameter on a GPU. Exactness: norm
+<= 1e-6 relative (per-tensor 2-norms, then the 2-norm of those); scale bitwise (``dst = src * scale``).
+Applies only where megatron fell back to its local versions: :func:`install` leaves apex's or TE's kernels alone.
 
-Installed by :func:`install` only where megatron fell back to its local versions; with apex or TE present
-nothing changes. Same arithmetic: per-tensor 2-norms, then the 2-norm of those; ``dst = src * scale``.
+The replacements have the same signature and return values but run one ``torch._foreach_*`` call per list
+(a multi-tensor kernel on CUDA; a C++ loop on CPU), which matters for deep models with thousands of parameters.
 """
 
 from __future__ import annotations

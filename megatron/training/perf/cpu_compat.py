@@ -1,11 +1,15 @@
 """CPU compatibility for megatron-core (gloo backend): the only place this project patches torch or megatron.
 
-megatron-core 0.16 assumes CUDA: it allocates on ``torch.cuda.current_device()``, seeds and forks CUDA RNG
-states, synchronises CUDA streams, and asserts ``torch.cuda.*Tensor`` type names in the optimizer. On a
-machine without a GPU we redirect exactly those touch points to the CPU so that the *real* engine (its
-tensor/pipeline-parallel layers, schedules, DDP, optimizer and dist_checkpointing) runs under gloo. That is
-what our tests and laptop debugging use; with CUDA present :func:`enable_cpu_mode` is never called and
-nothing is patched (NCCL, bf16 and fused kernels take their normal paths).
+Flag: ``--cpu`` (or ``MEGATRON_FORCE_CPU=1``), or automatically when no CUDA device is available. Replaces:
+megatron-core 0.16's CUDA touch points -- it allocates on ``torch.cuda.current_device()``, seeds and forks CUDA
+RNG states, synchronises CUDA streams, and asserts ``torch.cuda.*Tensor`` type names in the optimizer.
+Exactness: bitwise (only device placement and type names change). Applies in CPU mode only: with CUDA present
+and no ``--cpu``, :func:`enable_cpu_mode` is never called and nothing is patched (NCCL, bf16 and fused kernels
+take their normal paths). Not a speed path, but listed in ``megatron.training.perf.SPEED_PATHS`` because it is
+the other thing that swaps megatron-core behaviour.
+
+Redirecting exactly those touch points to the CPU lets the *real* engine (its tensor/pipeline-parallel layers,
+schedules, DDP, optimizer and dist_checkpointing) run under gloo: what the tests and laptop debugging use.
 
 Patch by patch (each was shown necessary; see docs/cpu_mode.md):
 
@@ -21,8 +25,8 @@ Patch by patch (each was shown necessary; see docs/cpu_mode.md):
    pipeline schedules, optimizer, grad scaler and checkpoint exchange allocate with a literal
    ``device="cuda"``); (b) ``Tensor.cuda()`` is the identity; (c) ``Tensor.type()`` answers with the
    ``torch.cuda.*`` name and maps ``torch.cuda.*`` type strings back (the optimizer and clip_grads assert CUDA
-   tensor types). Only these entry points are wrapped -- not every op -- so model compute pays nothing: a
-   global ``TorchFunctionMode`` doing the same cost ~2x per small op on deep-narrow models.
+   tensor types). Only these entry points are wrapped -- not every op -- so model compute pays nothing (a
+   global ``TorchFunctionMode`` doing the same slows every small op).
 
 Consequence worth knowing: the CPU and "CUDA" RNG streams are one generator, so dropout masks differ from a
 GPU run with the same seed (losses are still identical across TP/PP layouts on CPU).
@@ -108,8 +112,7 @@ def enable_cpu_mode() -> None:
     torch.cuda.manual_seed_all = lambda seed: None
     mcore_random._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
     # The tracker's fork warns whenever the CPU generator changed inside it, which here is every dropout. A
-    # logger level (not a filter) skips building the record: that cost ~1.6% of a 384x32 step. The module
-    # logs nothing else.
+    # logger level (not a filter) skips building the record at every fork. The module logs nothing else.
     logging.getLogger(mcore_random.__name__).setLevel(logging.ERROR)
 
     for name in _FACTORY_FUNCTIONS:  # 4a

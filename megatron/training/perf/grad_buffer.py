@@ -1,17 +1,17 @@
 """Gradients that live in megatron-core DDP's contiguous grad buffer from the start, and a grad norm over it.
 
-megatron-core's ``DistributedDataParallel`` keeps one flat ``main_grad`` buffer per dtype and, per parameter, a
-Python hook on the autograd accumulator that runs ``main_grad.add_(grad); grad = None`` after backward. Its
-optimizers then build Python lists of the 4.6k per-parameter grads (384x32) for the norm and the clip. Deep-narrow
-models pay that per parameter: at 384x32 on CPU the hooks took ~30 ms and megatron's norm + clip ~44 ms per
-step (profiled); the whole step got 54 ms faster (1028 -> 974 ms, interleaved).
+Flag: ``--grad-buffer-impl direct`` (``megatron`` = stock). Replaces: megatron DDP's per-parameter Python hooks
+on the autograd accumulators (``main_grad.add_(grad); grad = None`` after backward) and its optimizers'
+list-based grad norm and clip over every per-parameter grad. Exactness: bitwise gradients; grad norm <= 1e-7
+relative (tests/perf/test_grad_buffer.py). Applies with fp32 grads in fp32 buffers, no overlapped reduction,
+no fused grad accumulation, no CUDA graphs; the flat norm also needs TP = PP = 1. Everything else runs
+megatron-core's own code.
 
 ``GradBufferDDP`` makes each ``param.grad`` a view of its ``main_grad`` (what torch DDP calls
 ``gradient_as_bucket_view``): autograd's own C++ accumulator then adds into the buffer in place, with the same
-result bit for bit, and megatron's hooks are dropped. :class:`FlatGradNormOptimizer` computes the grad norm
-as one reduction over the buffer and clips with one multiply. Both are used only where they are exact
-(fp32 grads in fp32 buffers, no overlapped reduction, no fused grad accumulation, TP = PP = 1 for the norm);
-everything else runs megatron-core's own code. ``--grad-buffer-impl megatron`` turns both off.
+result bit for bit, and megatron's hooks are dropped. :class:`FlatGradNormOptimizer` computes the grad norm as
+one chunked reduction over the buffer and clips with one multiply. Deep-narrow models pay megatron's way per
+parameter, thousands of times a step.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def buffer_grad_norm(grad_data: List[torch.Tensor], chunk: int = 1 << 16) -> flo
     """2-norm over flat fp32 buffers, as accurate as megatron's per-parameter norms (~1e-7 relative).
 
     One ``vector_norm`` over millions of fp32 values accumulates a relative error of ~1e-4 on CPU; the norm of
-    64k-element chunk norms does not, and still costs one ``_foreach_norm`` call (0.5 ms for 4.9M values).
+    64k-element chunk norms does not, and still costs one ``_foreach_norm`` call.
     """
     pieces = [piece for g in grad_data for piece in g.split(chunk)]
     if not pieces:

@@ -1,9 +1,16 @@
 """Core attention through ``torch.nn.functional.scaled_dot_product_attention`` for the local (non-TE) spec.
 
-megatron-core's local ``DotProductAttention`` materialises the [b, np, s, s] scores with baddbmm and a Python
-softmax; on CPU (and on GPUs without Transformer Engine) SDPA's fused kernels are markedly faster. Same
-inputs/outputs as ``DotProductAttention`` ([sq, b, np, hn] -> [sq, b, np·hn]); the scores are never formed, so
-:mod:`megatron.dslm.mcore.observers` recomputes them from Q and K on logged steps only.
+Flag: ``--attention-backend {auto,sdpa}`` (``local`` = stock). Replaces: megatron-core's unfused
+``DotProductAttention`` core (baddbmm scores, Python softmax, dropout, bmm), which materialises the
+[b, np, s, s] scores. Exactness: <= 1e-6 relative in fp32 on every real token, forward and gradients
+(tests/perf/test_sdpa_attention.py). Applies to the local layer spec with causal or padding masks; packed
+sequences, attention bias and softmax offsets raise. Same inputs/outputs as ``DotProductAttention``
+([sq, b, np, hn] -> [sq, b, np·hn]); the scores are never formed, so :mod:`megatron.dslm.mcore.observers`
+recomputes them from Q and K on logged steps only.
+
+It goes in through the layer spec for GPT and BERT alike (:func:`with_sdpa_core_attention`). BERT also needs
+:class:`SDPABertModel`: ``BertModel`` picks its attention-mask layout by comparing the spec's core-attention
+class *by identity* with ``DotProductAttention`` and treats anything else as Transformer Engine.
 """
 
 from __future__ import annotations
@@ -13,9 +20,11 @@ import copy
 import torch
 
 from megatron.core import tensor_parallel
+from megatron.core.models.bert.bert_model import BertModel
 from megatron.core.transformer.dot_product_attention import DotProductAttention
-from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.enums import AttnBackend, AttnMaskType
 from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
 
 class SDPAttention(DotProductAttention):
@@ -61,27 +70,39 @@ class SDPAttention(DotProductAttention):
 
 
 def with_sdpa_core_attention(base: ModuleSpec) -> ModuleSpec:
-    """A copy of a local layer spec whose self-attention core is :class:`SDPAttention`."""
+    """A copy of a local layer spec whose self-attention core is :class:`SDPAttention` (``base`` is unchanged)."""
     submodules = copy.copy(base.submodules)
     attn = copy.copy(submodules.self_attention)
     attn_sub = copy.copy(attn.submodules)
     attn_sub.core_attention = SDPAttention
     attn.submodules = attn_sub
     submodules.self_attention = attn
-    return ModuleSpec(module=base.module, params=dict(base.params or {}), submodules=submodules)
+    return ModuleSpec(module=base.module, params=dict(base.params or {}), submodules=submodules,
+                      metainfo=dict(getattr(base, "metainfo", None) or {}))
 
 
-def use_sdpa_core_attention(model: torch.nn.Module) -> int:
-    """Switch every megatron ``DotProductAttention`` in a built model to :class:`SDPAttention`; returns the count.
+def _core_attention(spec):
+    """The core-attention class of a layer spec, or of a block spec's first layer (None if there is none)."""
+    if isinstance(spec, TransformerBlockSubmodules):
+        if not spec.layer_specs:
+            return None
+        spec = spec.layer_specs[0]
+    attn = getattr(getattr(spec, "submodules", None), "self_attention", None)
+    return getattr(getattr(attn, "submodules", None), "core_attention", None)
 
-    Needed for BERT: ``BertModel`` picks its attention-mask layout by comparing the spec's core-attention class
-    *by identity* with megatron's ``DotProductAttention`` (anything else is assumed to be Transformer Engine),
-    so the SDPA core cannot go in through the spec. ``SDPAttention`` adds no state and overrides only
-    ``forward``, so changing the class of the built module is exact.
+
+class SDPABertModel(BertModel):
+    """``BertModel`` that accepts :class:`SDPAttention` as its core: the local core's [b, 1, s, s] mask.
+
+    The stock check sends every core but ``DotProductAttention`` itself down its Transformer Engine branch.
     """
-    count = 0
-    for module in model.modules():
-        if type(module) is DotProductAttention:
-            module.__class__ = SDPAttention
-            count += 1
-    return count
+
+    def _sanity_check_attention_and_get_attn_mask_dimension(self) -> str:
+        core = _core_attention(self.transformer_layer_spec)
+        if not (isinstance(core, type) and issubclass(core, SDPAttention)):
+            return super()._sanity_check_attention_and_get_attn_mask_dimension()
+        backend = self.config.attention_backend
+        if backend not in (AttnBackend.local, AttnBackend.auto):
+            raise ValueError(f"the SDPA core attention is a local core: config.attention_backend must be local "
+                             f"or auto, got {backend}")
+        return "b1ss"

@@ -1,15 +1,16 @@
 """BERT's masked-LM head evaluated only at the masked positions.
 
-megatron-core's ``BertModel`` runs the LM head (dense + GeLU + LayerNorm) and the vocabulary projection on
-every token, although the MLM loss uses only the ~15 % that were masked. For the small and narrow models this
-project trains, that projection dominates the step: at hidden 128 with BERT's 30,522-word vocabulary it is
-~4x the FLOPs of a whole 4-layer encoder. :class:`MaskedPositionsBertModel` gathers the hidden states of the
-loss positions before the LM head and scatters the per-token losses back to ``[b, s]`` (zeros elsewhere), so
-the loss function, the loss mask and the logged numbers are unchanged. Values equal the dense computation at
-every masked position (tests/bert/test_sparse_mlm.py).
+Flag: ``--mlm-head-positions masked`` (``all`` = stock). Replaces: ``BertModel``'s LM head (dense + GeLU +
+LayerNorm) and vocabulary projection on every token, although the MLM loss uses only the masked ~15 %; for
+small, narrow models with BERT's 30,522-word vocabulary that projection dominates the step. Exactness:
+<= 1e-6 relative at every masked position, forward and gradients; the same loss (tests/perf/test_sparse_mlm.py).
+Applies to BERT without sequence parallelism (there the LM head sees only a slice of the sequence), when the
+forward is given ``mlm_positions`` (pretrain_bert.py passes the loss mask); otherwise it is the stock model.
 
-It is used when the forward is given ``mlm_positions`` (pretrain_bert.py passes the loss mask) and sequence
-parallelism is off (there the LM head sees only a slice of the sequence); otherwise it is the stock model.
+:class:`MaskedPositionsBertModel` gathers the hidden states of the loss positions before the LM head and
+scatters the per-token losses back to ``[b, s]`` (zeros elsewhere), so the loss function, the loss mask and the
+logged numbers are unchanged. It is a model class, chosen at construction by
+:func:`megatron.training.perf.bert_model_class`.
 """
 
 from __future__ import annotations

@@ -8,9 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def main():

@@ -8,22 +8,18 @@ The tests compare the saved full tensors and moment records across layouts.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import torch
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def gather_full_weights(model) -> dict:
     """{f"{key}#{layer}": full tensor} on rank 0 (None elsewhere), assembled from every rank's shards."""
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
-    from megatron.dslm.mcore.weight_init import _iter_sharded
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
 
     pieces = []
-    for item in _iter_sharded(model.sharded_state_dict()):
+    for item in nested_values(model.sharded_state_dict()):
         if not isinstance(item, ShardedTensor) or item.key.endswith("_extra_state"):
             continue
         p = item.prepend_axis_num
@@ -101,7 +97,7 @@ def main():
 
     initialize_distributed(args.tp, args.pp)
     set_random_seed(1234)
-    from common import hand_table, make_config
+    from tests.support import hand_table, make_config  # the repo root comes on PYTHONPATH (cpu_env)
 
     from megatron.dslm.mcore.models import build_bert_model, build_gpt_model
 
@@ -113,9 +109,8 @@ def main():
     result = {}
     for kind in ("gpt", "bert"):
         config = make_config(num_layers=args.layers, hidden=32, heads=4, tp=args.tp, pp=args.pp,
-                             pipeline_dtype=torch.float32)
-        common = dict(vocab_size=vocab, max_sequence_length=seq, pre_process=pre, post_process=post,
-                      post_ln=args.post_ln, seed=99)
+                             pipeline_dtype=torch.float32, apply_residual_connection_post_layernorm=args.post_ln)
+        common = dict(vocab_size=vocab, max_sequence_length=seq, pre_process=pre, post_process=post, seed=99)
         if kind == "gpt":
             model = build_gpt_model(config, table, **common)
         else:

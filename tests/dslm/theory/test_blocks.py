@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from megatron.dslm import simulate
+from megatron.dslm import montecarlo
 from megatron.dslm.schemes.registry import build_init_table
 from megatron.dslm.contract import ModelArch
 from megatron.dslm.theory import blocks
@@ -21,16 +21,16 @@ def test_ffn_block_matches_monte_carlo(activation):
     models, length, d, f, corr, grad_corr = 256, 16, 64, 256, 0.4, 0.3
     fc1_std, fc2_std = 1.3 / math.sqrt(d), 0.8 / math.sqrt(f)
     act = torch.relu if activation == "relu" else torch.nn.functional.gelu
-    x = simulate.correlated_normal(gen, (models, length, d), 0.0, 1.2, corr).requires_grad_(True)
+    x = montecarlo.correlated_normal(gen, (models, length, d), 0.0, 1.2, corr).requires_grad_(True)
     w1 = torch.randn(models, d, f, generator=gen) * fc1_std
     w2 = torch.randn(models, f, d, generator=gen) * fc2_std
     out = act(x @ w1) @ w2
-    out.backward(simulate.correlated_normal(gen, out.shape, 0.0, 1.0, grad_corr))
+    out.backward(montecarlo.correlated_normal(gen, out.shape, 0.0, 1.0, grad_corr))
     xm = Moments(0.0, 1.44, corr)
     fwd = blocks.ffn(xm, d, f, fc1_std, fc2_std, activation)
     bwd = blocks.ffn_backward(GradMoments(1.0, grad_corr), xm, d, f, fc1_std, fc2_std, activation)
     assert abs(fwd.var / out.detach().pow(2).mean().item() - 1) < 0.03
-    assert abs(fwd.cov / simulate.token_cov(out.detach(), 0.0) - 1) < 0.05
+    assert abs(fwd.cov / montecarlo.token_cov(out.detach(), 0.0) - 1) < 0.05
     assert abs(bwd.var / x.grad.pow(2).mean().item() - 1) < 0.03
     # the DSLM recurrence's correlation map is the output's uncentred correlation
     pre_var = d * fc1_std**2 * 1.44
@@ -40,11 +40,7 @@ def test_ffn_block_matches_monte_carlo(activation):
 @pytest.mark.parametrize("post_ln", [False, True], ids=["pre_ln", "post_ln"])
 def test_one_layer_matches_monte_carlo(post_ln):
     """A single xavier layer, bidirectional, with a correlated input and gradient."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_predictor import _attention, _layernorm, _mlp
+    from tests.dslm.theory.test_predictor import _attention, _layernorm, _mlp
 
     torch.set_num_threads(1)
     torch.manual_seed(5)
@@ -53,7 +49,7 @@ def test_one_layer_matches_monte_carlo(post_ln):
                      model_type="bert", hidden_dropout=0.1, attention_dropout=0.1)
     layer = build_init_table("xavier", arch).layers[0]
     m, d, f = 96, 128, 512
-    x = simulate.correlated_normal(gen, (m, 32, d), 0.0, 1.5, 0.5).requires_grad_(True)
+    x = montecarlo.correlated_normal(gen, (m, 32, d), 0.0, 1.5, 0.5).requires_grad_(True)
     w = {k: torch.randn(m, *shape, generator=gen) * std for k, shape, std in [
         ("q", (d, d), layer.query_std), ("k", (d, d), layer.key_std), ("v", (d, d), layer.value_std),
         ("o", (d, d), layer.attn_proj_std), ("fc1", (d, f), layer.fc1_std), ("fc2", (f, d), layer.fc2_std)]}
@@ -64,7 +60,7 @@ def test_one_layer_matches_monte_carlo(post_ln):
     else:
         y = x + _attention(_layernorm(x), w, arch, mask)
         out = y + _mlp(_layernorm(y), w, arch)
-    out.backward(simulate.correlated_normal(gen, out.shape, 0.0, 1.0, 0.3))
+    out.backward(montecarlo.correlated_normal(gen, out.shape, 0.0, 1.0, 0.3))
     xm = Moments(0.0, 2.25, 0.5)
     forward, backward = (blocks.post_ln_layer, blocks.post_ln_layer_backward) if post_ln else (blocks.pre_ln_layer, blocks.pre_ln_layer_backward)
     trace = forward(xm, layer, arch)

@@ -1,15 +1,12 @@
-"""``F.linear`` TP linears (megatron/training/perf/torch_linear.py) equal megatron-core's autograd-Function path (fp32, CPU)."""
+"""``F.linear`` TP linears (megatron/training/perf/torch_linear.py) equal megatron-core's autograd-Function path
+(fp32, CPU)."""
 
 from megatron.training.perf import SpeedOptions
-import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
-
-from common import causal_inputs, hand_table, make_config  # noqa: E402
+from tests.support import causal_inputs, hand_table, make_config
 
 
 pytestmark = pytest.mark.usefixtures("single_process_megatron")
@@ -64,7 +61,8 @@ def test_bias_is_returned_separately_when_activation_fusion_wants_it():
     from megatron.dslm.mcore.models import build_gpt_model
 
     model = build_gpt_model(make_config(num_layers=1, hidden=32, heads=4, bias_activation_fusion=True),
-                            hand_table(1, std=0.1), vocab_size=64, max_sequence_length=8, seed=1, speed=SpeedOptions(torch_linear=True))
+                            hand_table(1, std=0.1), vocab_size=64, max_sequence_length=8, seed=1,
+                            speed=SpeedOptions(torch_linear=True))
     layer = model.decoder.layers[0]
     x = torch.randn(8, 2, 32)
     out, bias = layer.mlp.linear_fc1(x)

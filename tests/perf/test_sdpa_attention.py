@@ -1,15 +1,11 @@
 """The SDPA attention core equals megatron-core's local attention (fp32, CPU): outputs and every gradient."""
 
 from megatron.training.perf import SpeedOptions
-import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
-
-from common import causal_inputs, hand_table, make_config  # noqa: E402
+from tests.support import causal_inputs, hand_table, make_config
 
 
 pytestmark = pytest.mark.usefixtures("single_process_megatron")
@@ -40,7 +36,7 @@ def test_sdpa_matches_local_forward_and_gradients(post_ln, explicit_mask):
 
 
 def test_bert_sdpa_matches_local_with_padding_mask():
-    """BERT (padding mask, bidirectional) with the SDPA core swapped in after construction."""
+    """BERT (padding mask, bidirectional) with the SDPA core built in through the spec and SDPABertModel."""
     from megatron.dslm.mcore.models import build_bert_model
     from megatron.training.perf.sdpa_attention import SDPAttention
 

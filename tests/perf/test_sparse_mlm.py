@@ -1,15 +1,12 @@
-"""MLM head on the masked positions only (megatron/training/perf/sparse_mlm.py) equals the dense BertModel computation."""
+"""MLM head on the masked positions only (megatron/training/perf/sparse_mlm.py) equals the dense BertModel
+computation."""
 
 from megatron.training.perf import SpeedOptions
-import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "dslm", "scripts"))
-
-from common import hand_table, make_config  # noqa: E402
+from tests.support import hand_table, make_config
 
 pytestmark = pytest.mark.usefixtures("single_process_megatron")
 
@@ -62,7 +59,8 @@ def test_without_positions_it_is_the_stock_model():
     outs = []
     for sparse in (False, True):
         model = build_bert_model(make_config(num_layers=1, hidden=32, heads=4), hand_table(1, std=0.2),
-                                 vocab_size=64, max_sequence_length=16, seed=3, speed=SpeedOptions(masked_positions_mlm=sparse))
+                                 vocab_size=64, max_sequence_length=16, seed=3,
+                                 speed=SpeedOptions(masked_positions_mlm=sparse))
         logits, _ = model(tokens, pad, tokentype_ids=types)
         loss, _ = model(tokens, pad, tokentype_ids=types, lm_labels=tokens)
         outs.append((logits.detach(), loss.detach()))
