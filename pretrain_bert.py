@@ -54,12 +54,14 @@ def add_bert_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------------------------- model
 
-def model_provider(pre_process: bool = True, post_process: bool = True, config=None):
-    """megatron-core BertModel with tied MLM output and (unless --bert-no-binary-head) the binary head."""
+def model_provider(pre_process: bool = True, post_process: bool = True, config=None, vp_stage=None):
+    """megatron-core BertModel with tied MLM output and (unless --bert-no-binary-head) the binary head.
+
+    ``vp_stage``: the model chunk to build under the interleaved pipeline (None otherwise)."""
     from megatron.dslm.mcore.models import build_bert_model
     from megatron.training.global_vars import get_args
     from megatron.training.model_setup import init_table_from_args, transformer_config_from_args
-    from megatron.training.perf import SpeedOptions
+    from megatron.perf import SpeedOptions
 
     args = get_args()
     if config is None:
@@ -73,6 +75,7 @@ def model_provider(pre_process: bool = True, post_process: bool = True, config=N
         pre_process=pre_process, post_process=post_process,
         speed=SpeedOptions.from_args(args),
         seed=args.seed,
+        vp_stage=vp_stage,
     )
 
 

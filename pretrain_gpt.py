@@ -8,12 +8,14 @@ from functools import partial
 import torch
 
 
-def model_provider(pre_process=True, post_process=True, config=None):
-    """GPTModel built with the scheme's layer spec and initialised from its sigma table (layout-independent)."""
+def model_provider(pre_process=True, post_process=True, config=None, vp_stage=None):
+    """GPTModel built with the scheme's layer spec and initialised from its sigma table (layout-independent).
+
+    ``vp_stage``: the model chunk to build under the interleaved pipeline (None otherwise)."""
     from megatron.dslm.mcore.models import build_gpt_model
     from megatron.training import get_args
     from megatron.training.model_setup import init_table_from_args
-    from megatron.training.perf import SpeedOptions
+    from megatron.perf import SpeedOptions
 
     args = get_args()
     table = init_table_from_args(args, "gpt")
@@ -22,7 +24,7 @@ def model_provider(pre_process=True, post_process=True, config=None):
         pre_process=pre_process, post_process=post_process,
         seed=args.seed,
         share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
-        speed=SpeedOptions.from_args(args))
+        speed=SpeedOptions.from_args(args), vp_stage=vp_stage)
 
 
 def datasets_provider(num_samples):

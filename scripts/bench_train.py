@@ -103,7 +103,8 @@ def _argv(layers, d, heads, seq, mbs, scheme, backend, gpu):
             "--train-iters", "1000", "--lr", "1e-4", "--mock-data", "--vocab-size", str(VOCAB),
             "--init-scheme", scheme, "--attention-backend", backend, "--eval-iters", "0",
             "--log-moments-interval", "100", "--moments-file", os.devnull]
-    return argv + (["--bf16"] if gpu else [])
+    # without --gpu both stacks run on the CPU, also on a GPU host (the baseline follows the same flag)
+    return argv + (["--bf16"] if gpu else ["--cpu"])
 
 
 class _Batches:
@@ -133,14 +134,15 @@ def pretrain_gpt():
 
 
 def megatron_step_fn(layers, d, heads, seq, mbs, scheme, backend, gpu, stock=False, linear_impl="torch",
-                     grad_buffer="direct"):
+                     grad_buffer="direct", extra_argv=()):
     from megatron.training import training
     from megatron.training.metrics import MomentLogging
 
     entry = pretrain_gpt()
 
     args = training.initialize_megatron(argv=_argv(layers, d, heads, seq, mbs, scheme, backend, gpu)
-                                        + ["--linear-impl", linear_impl, "--grad-buffer-impl", grad_buffer])
+                                        + ["--linear-impl", linear_impl, "--grad-buffer-impl", grad_buffer]
+                                        + list(extra_argv))
     provider = entry.model_provider
     if stock:
         from megatron.core.models.gpt import GPTModel

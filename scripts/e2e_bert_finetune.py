@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from megatron.dslm.schemes.registry import SCHEME_NAMES
+from megatron.dslm import config as dslm_config
+from megatron.dslm.schemes.registry import check_config
 from tasks.tapt import write_pair_documents
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +59,17 @@ def best_of(save: Path) -> dict:
 def model_flags(a) -> list:
     return ["--num-layers", a.layers, "--hidden-size", a.hidden, "--num-attention-heads", a.heads,
             "--max-position-embeddings", 128, "--vocab-file", a.vocab, "--tokenizer-type", "BertWordPieceLowerCase",
-            "--init-scheme", a.init_scheme, "--seed", 1234]
+            *method_flags(a), "--seed", 1234]
+
+
+def method_flags(a) -> list:
+    """--init-scheme, plus the scheme knobs given here (a scheme refuses knobs it does not read)."""
+    explicit = dslm_config.explicit_fields(a)
+    return [item for name in METHOD_FIELDS if name == "init_scheme" or name in explicit
+            for item in (dslm_config.flag(name), getattr(a, name))]
+
+
+METHOD_FIELDS = ("init_scheme", "dslm_k")
 
 
 def main():
@@ -82,8 +93,8 @@ def main():
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--init-scheme", default="megatron", choices=[n.replace("_", "-") for n in SCHEME_NAMES],
-                   help="weight init for pretraining and the finetuning heads (megatron: N(0, 0.02) everywhere)")
+    # weight init for pretraining and the finetuning heads, declared as training declares it
+    dslm_config.add_arguments(p, METHOD_FIELDS)
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of every stage")
     p.add_argument("--pretrained", default=None,
                    help="reuse this pretrain_bert.py checkpoint (same model flags) and skip stages 1-2")
@@ -91,6 +102,12 @@ def main():
     a = p.parse_args()
     if a.quick:
         a.docs, a.pretrain_iters, a.mnli_train, a.epochs = 400, 20, 400, 1
+    arch = dslm_config.model_arch(a, num_layers=a.layers, hidden_size=a.hidden, num_attention_heads=a.heads,
+                                  seq_length=a.pretrain_seq_length, model_type="bert")
+    try:
+        check_config(a.init_scheme, arch, dslm_config.explicit_fields(a))
+    except ValueError as err:
+        p.error(str(err))
     data, out = Path(a.data), Path(a.out)
     a.vocab = data / "vocab" / "bert-base-uncased-vocab.txt"
     for need in (data / "corpus" / "wiki-sample.jsonl", a.vocab, data / "finetune" / "MNLI", data / "finetune" / "RACE"):

@@ -25,6 +25,8 @@ import time
 
 import torch
 
+from megatron.dslm import config as dslm_config
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "corpus", "wiki-sample.jsonl")
@@ -167,18 +169,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="bert", choices=["bert", "gpt"],
                     help="bert (bidirectional, 3 embedding tables: the reference's setting) or gpt (causal)")
-    ap.add_argument("--num-layers", type=int, default=192)
-    ap.add_argument("--hidden-size", type=int, default=128)
-    ap.add_argument("--num-attention-heads", type=int, default=4)
-    ap.add_argument("--seq-length", type=int, default=128)
+    # method flags as training declares them; this script's own defaults: the reference's figure setting (ReLU)
+    dslm_config.add_arguments(ap, ["num_layers", "hidden_size", "num_attention_heads", "seq_length",
+                                   "hidden_dropout", "attention_dropout", "activation", "dslm_k"])
+    ap.set_defaults(num_layers=192, hidden_size=128, num_attention_heads=4, seq_length=128, activation="relu")
     ap.add_argument("--micro-batch-size", type=int, default=4)
     ap.add_argument("--num-batches", type=int, default=2, help="batches pooled per model")
-    ap.add_argument("--hidden-dropout", type=float, default=0.1)
-    ap.add_argument("--attention-dropout", type=float, default=0.1)
-    ap.add_argument("--activation", default="relu", choices=["relu", "gelu"],
-                    help="the reference figures use ReLU")
-    ap.add_argument("--schemes", default="xavier,dslm")
-    ap.add_argument("--dslm-k", type=float, default=1.0, help="β² = k/N")
+    ap.add_argument("--schemes", default="xavier,dslm", help="comma-separated --init-scheme names")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--seeds", type=int, default=1, help="average the per-layer moments over this many seeds")
     ap.add_argument("--data-path", default=DEFAULT_DATA, help="loose JSON with a 'text' key")
@@ -193,13 +190,13 @@ def main(argv=None):
 
     t0 = time.time()
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    from megatron.training.device import input_device
     from megatron.training.initialize import initialize_distributed, set_random_seed
 
     initialize_distributed(1, 1)
     set_random_seed(args.seed)
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = input_device()  # the CPU in CPU mode, even on a GPU host
 
-    from megatron.dslm.contract import ModelArch
     from megatron.dslm.plot_moments import plot_profiles
 
     use_text = not args.mock_data and os.path.exists(args.data_path) and os.path.exists(args.vocab_file)
@@ -218,13 +215,10 @@ def main(argv=None):
           f"dropout {args.hidden_dropout}; input: {source}; device {device}")
 
     os.makedirs(args.out_dir, exist_ok=True)
-    summary = {"config": vars(args), "source": source, "runs": {}}
+    config = {k: v for k, v in vars(args).items() if k != dslm_config.EXPLICIT_ATTR}
+    summary = {"config": config, "source": source, "runs": {}}
     for scheme in [s.strip() for s in args.schemes.split(",") if s.strip()]:
-        base = ModelArch(num_layers=args.num_layers, hidden_size=args.hidden_size,
-                         num_attention_heads=args.num_attention_heads, seq_length=args.seq_length,
-                         vocab_size=vocab, hidden_dropout=args.hidden_dropout,
-                         attention_dropout=args.attention_dropout, activation=args.activation, dslm_k=args.dslm_k,
-                         model_type=args.model, num_tokentypes=2 if args.model == "bert" else 0)
+        base = dslm_config.model_arch(args, model_type=args.model, vocab_size=vocab)
         r0 = measure_embedding_corr(base, scheme, batches, vocab, args.seed, device)
         print(f"[{scheme}] measured embedding token correlation r0 = {r0:.4f} (before dropout)")
         for post_ln in (False, True):

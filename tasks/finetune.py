@@ -56,11 +56,12 @@ class TaskSpec:
 
 # ------------------------------------------------------------------------------------------------ model
 
-def task_model_provider(spec: TaskSpec, pre_process: bool = True, post_process: bool = True, config=None):
+def task_model_provider(spec: TaskSpec, pre_process: bool = True, post_process: bool = True, config=None,
+                        vp_stage=None):
     """The pretrained BERT body (built exactly like pretrain_bert.py's) with the task's head."""
     from megatron.dslm.mcore.models import build_bert_model
     from megatron.training.model_setup import init_table_from_args, transformer_config_from_args
-    from megatron.training.perf import SpeedOptions
+    from megatron.perf import SpeedOptions
 
     from tasks.heads import BertWithHead, ClassificationHead, MultipleChoiceHead
 
@@ -70,7 +71,7 @@ def task_model_provider(spec: TaskSpec, pre_process: bool = True, post_process: 
     bert = build_bert_model(
         config, table, vocab_size=args.padded_vocab_size, max_sequence_length=args.max_position_embeddings,
         num_tokentypes=args.num_tokentypes, add_binary_head=True,  # the pooler comes with the binary head
-        pre_process=pre_process, post_process=post_process,
+        pre_process=pre_process, post_process=post_process, vp_stage=vp_stage,
         seed=args.seed,
         # task heads read every position: the masked-positions MLM path does not apply
         speed=dataclasses.replace(SpeedOptions.from_args(args), masked_positions_mlm=False))

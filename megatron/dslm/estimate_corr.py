@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _from_data(args) -> float:
-    from megatron.training.model_setup import indexed_dataset_windows  # megatron-core's reader
+    from megatron.dslm.mcore.data import indexed_dataset_windows  # megatron-core's reader
 
     for suffix in (".idx", ".bin"):
         if not os.path.exists(args.data_path + suffix):

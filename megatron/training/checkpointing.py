@@ -3,7 +3,7 @@
 Layout: ``<save>/iter_0000010/`` (a dist_checkpointing directory) and ``<save>/latest_checkpointed_iteration.txt``.
 A checkpoint is written to ``iter_XXXXXXX.tmp`` and only renamed into place once every rank finished, and the
 tracker file is replaced atomically after that: a crash mid-save leaves the previous checkpoint as "latest".
-Because the state is sharded by global tensor keys, a checkpoint saved at one TP/PP layout loads at another
+Because the state is sharded by global tensor keys, a checkpoint saved at one TP/PP/VP layout loads at another
 (RNG state is restored only when the layout is the same).
 """
 
@@ -56,7 +56,7 @@ def _rank() -> int:
 
 def _rng_state() -> dict:
     from megatron.core import tensor_parallel
-    from megatron.training.perf import cpu_compat
+    from megatron.perf import cpu_compat
 
     return {
         "random": random.getstate(),
@@ -69,11 +69,12 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     from megatron.core import tensor_parallel
+    from megatron.perf import cpu_compat
 
     random.setstate(state["random"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and torch.cuda.is_available():
+    if state["cuda"] is not None and not cpu_compat.is_cpu_mode() and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
 
@@ -91,15 +92,25 @@ def _rng_sharded_object(state):
 
 
 def _parallel_layout() -> list:
+    """[TP, PP] (and the chunks per pipeline rank under the interleaved pipeline): RNG streams are per layout."""
     from megatron.core import parallel_state as ps
 
-    return [ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()]
+    layout = [ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()]
+    vp = ps.get_virtual_pipeline_model_parallel_world_size()
+    return layout + [vp] if vp else layout
 
 
-def _model_sharded_state_dict(model_chunks) -> dict:
-    if len(model_chunks) != 1:
-        raise NotImplementedError("virtual pipeline (several model chunks) is not supported")
-    return unwrap_model(model_chunks[0]).sharded_state_dict()
+def _chunk_names(model_chunks) -> list:
+    """State-dict entries of the chunks: ``model``, or upstream's ``model0``, ``model1``... per virtual stage.
+
+    Only the nesting differs: every tensor is stored under its global key (layers stacked by global layer
+    number), so a checkpoint of either form loads at any TP/PP/VP layout."""
+    return ["model"] if len(model_chunks) == 1 else [f"model{i}" for i in range(len(model_chunks))]
+
+
+def _model_sharded_state_dicts(model_chunks) -> dict:
+    return {name: unwrap_model(chunk).sharded_state_dict()
+            for name, chunk in zip(_chunk_names(model_chunks), model_chunks)}
 
 
 def _plain_args(args) -> dict:
@@ -123,13 +134,13 @@ def save_checkpoint(iteration: int, model_chunks, optimizer, scheduler, save_dir
         os.makedirs(tmp)
     _barrier()
 
-    model_sd = _model_sharded_state_dict(model_chunks)
+    model_sd = _model_sharded_state_dicts(model_chunks)
     state = {
         "checkpoint_version": CHECKPOINT_VERSION,
         "iteration": iteration,
         "args": _plain_args(args),
         "parallel_layout": _parallel_layout(),
-        "model": model_sd,
+        **model_sd,
         "rng_state": _rng_sharded_object(_rng_state()),
     }
     if optimizer is not None:
@@ -179,8 +190,8 @@ def load_checkpoint(model_chunks, optimizer, scheduler, load_dir: str, *, load_o
         raise FileNotFoundError(f"{load_dir}/{TRACKER_FILE} names iteration {iteration} but {ckpt} is missing")
     common = dist_checkpointing.load_common_state_dict(ckpt)
 
-    model_sd = _model_sharded_state_dict(model_chunks)
-    request = {"model": model_sd}
+    model_sd = _model_sharded_state_dicts(model_chunks)
+    request = dict(model_sd)
     want_optim = load_optim and not finetune and optimizer is not None and "optimizer" in common
     if want_optim:
         for inner in _inner_optimizers(optimizer):
@@ -195,7 +206,8 @@ def load_checkpoint(model_chunks, optimizer, scheduler, load_dir: str, *, load_o
 
     with torch.no_grad():
         loaded = dist_checkpointing.load(request, ckpt)
-    unwrap_model(model_chunks[0]).load_state_dict(loaded["model"], strict=strict)
+    for name, chunk in zip(model_sd, model_chunks):
+        unwrap_model(chunk).load_state_dict(loaded[name], strict=strict)
     if finetune:
         return 0, {}
     if want_optim:

@@ -52,6 +52,13 @@ class DSLMFlags:
 class ParallelFlags:
     tensor_model_parallel_size: int = _f(1, "Tensor-parallel size.")
     pipeline_model_parallel_size: int = _f(1, "Pipeline-parallel size.")
+    num_layers_per_virtual_pipeline_stage: Optional[int] = _f(
+        None, "Interleaved pipeline: transformer layers per virtual stage (model chunk); each pipeline rank then "
+        "holds (num-layers / PP) / N chunks. Needs PP >= 2 and micro-batches divisible by PP.")
+    num_virtual_stages_per_pipeline_rank: Optional[int] = _f(
+        None, "Interleaved pipeline: model chunks (virtual stages) per pipeline rank; the alternative to "
+        "--num-layers-per-virtual-pipeline-stage. Bubble (PP-1)/(V*m + PP-1) for m micro-batches instead of "
+        "(PP-1)/(m + PP-1).")
     use_distributed_optimizer: bool = _f(False, "Shard optimizer state across data-parallel ranks.")
     grad_buffer_impl: str = _f("direct", "Gradients in megatron-core DDP's grad buffer: 'direct' (each param.grad "
                                "is a view of the buffer, so autograd accumulates there without megatron's "
@@ -59,6 +66,17 @@ class ParallelFlags:
                                "where exact: fp32 grads in an fp32 buffer, no overlapped reduction, TP=PP=1 for "
                                "the norm) or 'megatron' (always megatron-core's hooks and list-based norm).",
                                choices=["direct", "megatron"])
+    sequence_parallel: bool = _f(False, "Enable sequence parallel optimization: LayerNorm, dropout and residual "
+                                 "regions hold [s/TP, b, h] slices (all-gather / reduce-scatter around the TP "
+                                 "linears instead of all-reduce). Needs TP >= 2; turned off with a warning at TP=1.")
+    overlap_grad_reduce: bool = _f(False, "If set, overlap DDP grad reduce (bucketed all-reduce / reduce-scatter "
+                                   "started during backward).")
+    overlap_param_gather: bool = _f(False, "If set, overlap param all-gather in distributed optimizer (needs "
+                                    "--use-distributed-optimizer).")
+    ddp_bucket_size: Optional[int] = _f(None, "Bucket size for data-parallel communication (elements; default "
+                                        "max(40M, 1M x DP size); used only with --overlap-grad-reduce).")
+    ddp_average_in_collective: bool = _f(False, "If set, average directly in data-parallel communication "
+                                         "collective.")
     cpu: bool = _f(False, "Force CPU mode (gloo) even when CUDA is available.")
     distributed_timeout_minutes: int = _f(10, "Timeout of collective operations.")
 
@@ -100,6 +118,20 @@ class TrainingFlags:
     recompute_num_layers: Optional[int] = _f(
         None, "Full recompute only: layers per recomputed chunk (uniform) or recomputed layers per pipeline "
         "stage (block).")
+    # megatron-core's fusions: on by default where they can run (CUDA, and the kernel importable where one is
+    # needed); off in CPU mode. A fusion that cannot run is turned off with one line at start-up.
+    bias_gelu_fusion: bool = _f(True, "Disable megatron-core's fused bias + GeLU (torch-compiled; it uses the "
+                                "tanh approximation of GeLU, as upstream).", flag="--no-bias-gelu-fusion")
+    bias_dropout_fusion: bool = _f(True, "Disable the fused bias + dropout + residual add (megatron-core's, and "
+                                   "DSLM's λ/β merge).", flag="--no-bias-dropout-fusion")
+    masked_softmax_fusion: bool = _f(True, "Disable megatron's fused scale + mask + softmax kernels (apex "
+                                     "scaled_*softmax_cuda; read by --attention-backend local only).",
+                                     flag="--no-masked-softmax-fusion")
+    gradient_accumulation_fusion: bool = _f(True, "Disable fusing the weight-gradient GEMM with the accumulation "
+                                            "into the fp32 grad buffer (apex fused_weight_gradient_mlp_cuda).",
+                                            flag="--no-gradient-accumulation-fusion")
+    persist_layer_norm: bool = _f(True, "Disable apex's persistent LayerNorm kernel (FastLayerNorm; megatron-core "
+                                  "uses it at the hidden sizes it supports).", flag="--no-persist-layer-norm")
 
 
 @dataclass
@@ -162,12 +194,14 @@ def add_flag_group(parser: argparse.ArgumentParser, group_cls) -> None:
     group = parser.add_argument_group(title)
     dslm_config.add_arguments(group, [n for n in dslm_config.fields_in_group(title) if n in DSLM_TRAINING_FIELDS])
     for f in dataclasses.fields(group_cls):
-        flag = "--" + f.name.replace("_", "-")
         meta = dict(f.metadata)
+        flag = meta.pop("flag", "--" + f.name.replace("_", "-"))
         help_text = meta.pop("help", "").replace("%", "%%")  # argparse %-formats help strings
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if f.type in ("bool", bool):
-            group.add_argument(flag, action="store_true", default=default, help=help_text)
+            # A field that defaults to True is an upstream ``--no-*`` flag that stores False in the field.
+            group.add_argument(flag, dest=f.name, action="store_false" if default else "store_true",
+                               default=default, help=help_text)
             continue
         conv = _parse_bool_default_type(f.type)
         group.add_argument(flag, type=conv, default=default, help=help_text, **meta)

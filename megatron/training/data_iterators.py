@@ -26,9 +26,12 @@ class PretrainingSampler:
 def build_data_iterator(dataset, consumed_samples: int, args, cyclic: bool = False):
     """An iterator of micro-batches (dicts of tensors) for this data-parallel rank; None for no dataset."""
     from megatron.core import parallel_state as ps
+    from megatron.perf import cpu_compat
 
     if dataset is None or len(dataset) == 0:
         return None
+    # CPU mode on a GPU host: pinning would open a CUDA context for nothing
+    pin_memory = torch.cuda.is_available() and not cpu_compat.is_cpu_mode()
 
     def batches():
         consumed = consumed_samples % len(dataset) if cyclic else consumed_samples
@@ -38,7 +41,7 @@ def build_data_iterator(dataset, consumed_samples: int, args, cyclic: bool = Fal
             # Own generator: a DataLoader otherwise draws its base seed from the global RNG, which shifts
             # the dropout stream and breaks exact resume.
             loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=args.num_workers,
-                                                 pin_memory=torch.cuda.is_available(),
+                                                 pin_memory=pin_memory,
                                                  generator=torch.Generator().manual_seed(args.seed))
             yield from loader
             if not cyclic:

@@ -20,7 +20,7 @@ def input_device() -> torch.device:
     """The override if set; else the CPU in CPU mode, else the current CUDA device (set per local rank)."""
     if _override is not None:
         return _override
-    from megatron.training.perf import cpu_compat
+    from megatron.perf import cpu_compat
 
     if cpu_compat.is_cpu_mode():
         return torch.device("cpu")

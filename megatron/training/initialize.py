@@ -14,8 +14,8 @@ import socket
 import numpy as np
 import torch
 
-from megatron.training import perf
-from megatron.training.perf import cpu_compat
+from megatron import perf
+from megatron.perf import cpu_compat
 
 
 def _free_port() -> int:

@@ -47,52 +47,91 @@ def _transformer_config(TransformerConfig, args, dtype, recompute):
         init_method_std=args.init_method_std,
         tensor_model_parallel_size=args.tensor_model_parallel_size,
         pipeline_model_parallel_size=args.pipeline_model_parallel_size,
+        sequence_parallel=getattr(args, "sequence_parallel", False),
         use_cpu_initialization=args.use_cpu_initialization,
         params_dtype=dtype,
         pipeline_dtype=dtype,
         bf16=args.bf16,
         fp16=args.fp16,
-        # Fusions need apex/TE kernels; off keeps both CPU and plain-PyTorch GPU installs working.
-        gradient_accumulation_fusion=False,
-        bias_activation_fusion=False,
-        masked_softmax_fusion=False,
-        bias_dropout_fusion=False,
-        persist_layer_norm=False,
+        # Fusions: on where the device and kernels allow, off in CPU mode (fusion_settings decides).
+        **fusions_from_args(args),
         # Pre-/Post-LN: the model builders read it from here alone (megatron.dslm.mcore.models).
         apply_residual_connection_post_layernorm=args.apply_residual_connection_post_layernorm,
         **recompute,
     )
 
 
+# (TransformerConfig field, upstream flag dest, the flag that turns it off, kernel it needs or None). Bias-GeLU and
+# bias-dropout-add are torch-compiled in megatron-core and need no extension.
+FUSIONS = (
+    ("bias_activation_fusion", "bias_gelu_fusion", "--no-bias-gelu-fusion", None),
+    ("bias_dropout_fusion", "bias_dropout_fusion", "--no-bias-dropout-fusion", None),
+    ("masked_softmax_fusion", "masked_softmax_fusion", "--no-masked-softmax-fusion", "fused_softmax"),
+    ("gradient_accumulation_fusion", "gradient_accumulation_fusion", "--no-gradient-accumulation-fusion",
+     "fused_weight_gradient"),
+    ("persist_layer_norm", "persist_layer_norm", "--no-persist-layer-norm", "fast_layer_norm"),
+)
+# Kernel -> (the modules megatron-core 0.16 imports for it, what provides them). Transformer Engine provides none:
+# the layers here are megatron-core's local ones (ColumnParallelLinear refuses gradient_accumulation_fusion
+# without fused_weight_gradient_mlp_cuda, FusedScaleMaskSoftmax imports the *_softmax_cuda modules).
+FUSION_KERNELS = {
+    "fused_softmax": (("scaled_upper_triang_masked_softmax_cuda", "scaled_masked_softmax_cuda",
+                       "scaled_softmax_cuda"), "apex built with --cuda_ext"),
+    "fused_weight_gradient": (("fused_weight_gradient_mlp_cuda",), "apex built with --cpp_ext --cuda_ext"),
+    "fast_layer_norm": (("apex.contrib.layer_norm.layer_norm",), "apex built with --fast_layer_norm"),
+}
+
+
+def fusion_kernels() -> dict:
+    """Which of :data:`FUSION_KERNELS` import on this machine."""
+    import importlib
+
+    def importable(name: str) -> bool:
+        try:
+            importlib.import_module(name)
+        except Exception:  # a missing module, or an extension built for another torch/CUDA
+            return False
+        return True
+
+    return {key: all(importable(m) for m in modules) for key, (modules, _) in FUSION_KERNELS.items()}
+
+
+def fusion_settings(args, cuda: bool, kernels: dict):
+    """``({TransformerConfig field: on}, start-up lines)``: each fusion is on unless its ``--no-*`` flag was
+    given, the run is in CPU mode, or what it needs is missing (then one line says which and why)."""
+    if not cuda:
+        return {field: False for field, *_ in FUSIONS}, ["> fusions: none (CPU mode)"]
+    settings, lines = {}, []
+    for field, dest, flag, kernel in FUSIONS:
+        wanted, why = bool(getattr(args, dest, True)), None
+        if wanted and kernel is not None and not kernels.get(kernel, False):
+            modules, source = FUSION_KERNELS[kernel]
+            why = f"{', '.join(modules)} not importable (needs {source})"
+        elif wanted and field == "bias_activation_fusion" and getattr(args, "activation", "gelu") != "gelu":
+            why = f"megatron-core fuses the bias with GeLU only (--activation {args.activation})"
+        settings[field] = wanted and why is None
+        if why is not None:
+            lines.append(f"> {field} off: {why}")
+    lines.append("> fusions on: " + (", ".join(f for f, on in settings.items() if on) or "none"))
+    return settings, lines
+
+
+def fusions_from_args(args) -> dict:
+    """:func:`fusion_settings` for this process (CPU mode, kernels probed on CUDA only), printed on rank 0."""
+    from megatron.training.global_vars import print_rank_0
+    from megatron.perf import cpu_compat
+
+    cuda = not (cpu_compat.is_cpu_mode() or cpu_compat.cpu_mode_wanted(getattr(args, "cpu", False)))
+    settings, lines = fusion_settings(args, cuda, fusion_kernels() if cuda else {})
+    for line in lines:
+        print_rank_0(line)
+    return settings
+
+
 def model_arch_from_args(args, model_type: str = "gpt") -> ModelArch:
     """The parallel-layout-free description that schemes and the theory predictor read."""
     vocab = getattr(args, "padded_vocab_size", None) or args.vocab_size
     return model_arch(args, model_type=model_type, vocab_size=vocab)
-
-
-def indexed_dataset_windows(path_prefix: str, seq_length: int, max_sequences: int):
-    """Consecutive windows of ``seq_length`` tokens over the documents of a megatron indexed dataset."""
-    import os
-
-    import numpy as np
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
-    for suffix in (".idx", ".bin"):
-        if not os.path.exists(path_prefix + suffix):
-            raise FileNotFoundError(f"no indexed dataset at {path_prefix!r} ({path_prefix + suffix} missing)")
-    dataset = IndexedDataset(path_prefix)
-    produced = 0
-    buffer = np.zeros(0, dtype=np.int64)
-    for idx in range(len(dataset)):
-        buffer = np.concatenate([buffer, np.asarray(dataset[idx], dtype=np.int64)])
-        while buffer.size >= seq_length:
-            yield buffer[:seq_length]
-            buffer = buffer[seq_length:]
-            produced += 1
-            if produced >= max_sequences:
-                return
-    if buffer.size >= 2 and produced < max_sequences:
-        yield buffer
 
 
 def resolve_embedding_corr(args, max_sequences: int = 2000) -> str:
@@ -113,6 +152,8 @@ def resolve_embedding_corr(args, max_sequences: int = 2000) -> str:
         return "mock data (uniform random tokens: DSLM's correlation premise does not hold)"
     prefixes = data_prefixes(args.data_path)
     if prefixes:
+        from megatron.dslm.mcore.data import indexed_dataset_windows
+
         windows = list(indexed_dataset_windows(prefixes[0], args.seq_length, max_sequences))
         args.embedding_corr = estimate_embedding_corr(windows, tables).embedding_corr
         return f"measured on {len(windows)} windows of {prefixes[0]}"

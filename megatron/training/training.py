@@ -15,6 +15,7 @@ TensorBoard, the JSONL metrics file and moment logging in ``megatron.training.me
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -50,6 +51,7 @@ def initialize_megatron(extra_args_provider=None, args_defaults=None, argv=None)
     validate_args(args, world_size)  # before any process group: bad input fails fast on every rank
     initialize_distributed(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
                            force_cpu=args.cpu, timeout_minutes=args.distributed_timeout_minutes)
+    _set_virtual_pipeline(args)
     tokenizer = build_tokenizer(args.tokenizer_type, vocab_file=args.vocab_file, merge_file=args.merge_file,
                                 tokenizer_model=args.tokenizer_model, vocab_size=args.vocab_size,
                                 make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
@@ -59,14 +61,37 @@ def initialize_megatron(extra_args_provider=None, args_defaults=None, argv=None)
     global_vars.set_args(args)
     global_vars.set_tokenizer(tokenizer)
     set_random_seed(args.seed)
-    from megatron.training.perf import cpu_compat
+    from megatron.perf import cpu_compat
 
     print_rank_0(f"> world size {args.world_size} (TP {args.tensor_model_parallel_size}, PP "
                  f"{args.pipeline_model_parallel_size}, DP {args.data_parallel_size}), backend "
                  f"{'gloo (CPU mode)' if cpu_compat.is_cpu_mode() else 'nccl'}, init scheme {args.init_scheme}, "
                  f"{'Post-LN' if args.apply_residual_connection_post_layernorm else 'Pre-LN'}, "
                  f"padded vocab {args.padded_vocab_size}, embedding corr r0 {args.embedding_corr:.4f} ({corr_source})")
+    _print_pipeline_bubble(args)
     return args
+
+
+def _set_virtual_pipeline(args) -> None:
+    """Tell megatron-core's parallel state the number of model chunks per pipeline rank (None: plain schedule).
+
+    The value ``initialize_model_parallel(virtual_pipeline_model_parallel_size=...)`` records (the schedule
+    choice in ``get_forward_backward_func`` reads it); chunks get their ``vp_stage`` explicitly in build_model."""
+    from megatron.core import parallel_state as ps
+
+    ps.set_virtual_pipeline_model_parallel_world_size(getattr(args, "virtual_pipeline_model_parallel_size", None))
+
+
+def _print_pipeline_bubble(args) -> None:
+    from megatron.training.validate import pipeline_bubble_fraction
+
+    pp, m = args.pipeline_model_parallel_size, args.num_microbatches
+    if pp == 1:
+        return
+    vp = getattr(args, "virtual_pipeline_model_parallel_size", None)
+    formula = f"(p-1)/(v*m+p-1) with v={vp}" if vp else "(p-1)/(m+p-1)"
+    print_rank_0(f"> pipeline: {pp} stages x {vp or 1} model chunks per stage, {m} micro-batches per step: "
+                 f"expected bubble {pipeline_bubble_fraction(pp, m, vp):.1%} of a step ({formula}, p={pp}, m={m})")
 
 
 def run_main(main: Callable[[], None]) -> None:
@@ -94,7 +119,7 @@ def get_optimizer_config(args):
         adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_eps=args.adam_eps,
         clip_grad=args.clip_grad, bf16=args.bf16, fp16=args.fp16, params_dtype=torch.float32,
         loss_scale=args.loss_scale, initial_loss_scale=args.initial_loss_scale,
-        use_distributed_optimizer=args.use_distributed_optimizer,
+        use_distributed_optimizer=args.use_distributed_optimizer, overlap_param_gather=args.overlap_param_gather,
     )
 
 
@@ -112,32 +137,53 @@ def get_scheduler(args, optimizer):
 
 
 def build_model(model_provider, args) -> List[torch.nn.Module]:
-    """One model chunk for this pipeline stage, on its device, wrapped in megatron-core DDP."""
+    """This pipeline rank's model chunks on its device, each wrapped in megatron-core DDP.
+
+    One chunk, or under the interleaved pipeline one per virtual stage, built with megatron-core's ``vp_stage``
+    (its layers' global numbers, hence their init draws and checkpoint keys, come from it): only the first
+    chunk of the first stage embeds, only the last chunk of the last stage has the head."""
     from megatron.core import parallel_state as ps
     from megatron.core.distributed import DistributedDataParallelConfig
     from megatron.core.transformer.module import Float16Module
-    from megatron.training import perf
-    from megatron.training.perf import cpu_compat
+    from megatron import perf
+    from megatron.perf import cpu_compat
     from megatron.training.model_setup import transformer_config_from_args
 
     config = transformer_config_from_args(args)
-    model = model_provider(pre_process=ps.is_pipeline_first_stage(), post_process=ps.is_pipeline_last_stage(),
-                           config=config)
-    if not cpu_compat.is_cpu_mode():
-        model.cuda(torch.cuda.current_device())
-    if args.fp16 or args.bf16:
-        model = Float16Module(config, model)
-    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True,
-                                               use_distributed_optimizer=args.use_distributed_optimizer)
-    model = perf.wrap_ddp(config, ddp_config, model, args.grad_buffer_impl)
-    return [model]
+    vp = getattr(args, "virtual_pipeline_model_parallel_size", None)
+    config.virtual_pipeline_model_parallel_size = vp
+    if vp is not None:
+        # Upstream's interleaved default (batch_p2p_comm = not overlap_p2p_comm). Also needed for correctness at
+        # PP=2, where the previous and next stage are the same rank: a batched exchange posts both directions'
+        # sends to one peer and they are matched in posting order (activations received as gradients); the
+        # unbatched ops put the two directions on different groups.
+        config.overlap_p2p_comm, config.batch_p2p_comm = True, False
+    chunks = []
+    for vp_stage in range(vp or 1):
+        if vp is None:
+            model = model_provider(pre_process=ps.is_pipeline_first_stage(),
+                                   post_process=ps.is_pipeline_last_stage(), config=config)
+        else:
+            model = model_provider(pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+                                   post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
+                                   config=config, vp_stage=vp_stage)
+        if not cpu_compat.is_cpu_mode():
+            model.cuda(torch.cuda.current_device())
+        if args.fp16 or args.bf16:
+            model = Float16Module(config, model)
+        ddp_config = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True, use_distributed_optimizer=args.use_distributed_optimizer,
+            overlap_grad_reduce=args.overlap_grad_reduce, overlap_param_gather=args.overlap_param_gather,
+            bucket_size=args.ddp_bucket_size, average_in_collective=args.ddp_average_in_collective)
+        chunks.append(perf.wrap_ddp(config, ddp_config, model, args.grad_buffer_impl))
+    return chunks
 
 
 def setup_model_and_optimizer(model_provider, args=None):
     """Model chunks (DDP-wrapped), megatron-core optimizer and LR scheduler, restored from --load if given."""
     from megatron.core.distributed import finalize_model_grads
     from megatron.core.optimizer import get_megatron_optimizer
-    from megatron.training import perf
+    from megatron import perf
 
     args = args or global_vars.get_args()
     model = build_model(model_provider, args)
@@ -146,8 +192,11 @@ def setup_model_and_optimizer(model_provider, args=None):
     scheduler = get_scheduler(args, optimizer)
     config = checkpointing.unwrap_model(model[0]).config
     config.finalize_model_grads_func = finalize_model_grads
-    config.no_sync_func = model[0].no_sync
+    config.no_sync_func = model[0].no_sync if len(model) == 1 else [chunk.no_sync for chunk in model]
     config.grad_scale_func = optimizer.scale_loss
+    if args.overlap_grad_reduce:  # upstream (align_grad_reduce): pipeline schedules start each chunk's grad sync
+        syncs = [chunk.start_grad_sync for chunk in model]
+        config.grad_sync_func = syncs[0] if len(syncs) == 1 else syncs
 
     args.iteration = 0
     if args.load is not None:
@@ -159,8 +208,9 @@ def setup_model_and_optimizer(model_provider, args=None):
         elif checkpointing.read_tracker(args.load) is None:
             print_rank_0(f"> no checkpoint under --load {args.load}: starting from scratch")
         perf.after_optimizer_load(optimizer)
-    n_params = sum(p.numel() for p in model[0].parameters())
-    print_rank_0(f"> parameters on rank 0 (first pipeline stage, one TP shard): {n_params:,}")
+    n_params = sum(p.numel() for chunk in model for p in chunk.parameters())
+    chunks = f", {len(model)} model chunks" if len(model) > 1 else ""
+    print_rank_0(f"> parameters on rank 0 (first pipeline stage{chunks}, one TP shard): {n_params:,}")
     return model, optimizer, scheduler
 
 
@@ -179,6 +229,22 @@ def _reduce_loss_dicts(loss_dicts: List[Dict[str, torch.Tensor]]) -> Dict[str, f
     return dict(zip(keys, stacked.tolist()))
 
 
+def chunk_data_iterators(data_iterator, model):
+    """What megatron-core's schedule takes: the iterator itself, or under the interleaved pipeline one per chunk.
+
+    Every chunk reads the step's micro-batches in the same order, so a single iterator is split with
+    ``itertools.tee`` for the step: each copy yields the same items and the source advances by one step's worth
+    (one data loader per rank, not one per chunk). A list is taken as given (upstream's one iterator per chunk).
+    """
+    import itertools
+
+    if len(model) == 1 or isinstance(data_iterator, list):
+        return data_iterator
+    if data_iterator is None:
+        return [None] * len(model)
+    return list(itertools.tee(data_iterator, len(model)))
+
+
 def train_step(forward_step, data_iterator, model, optimizer, scheduler, args=None):
     """One optimizer step over ``args.num_microbatches`` micro-batches; returns (losses, skipped, grad_norm)."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -188,7 +254,7 @@ def train_step(forward_step, data_iterator, model, optimizer, scheduler, args=No
     for chunk in model:  # after the optimizer's zero_grad: GradBufferDDP points .grad back at the buffer
         chunk.zero_grad_buffer()
     loss_dicts = get_forward_backward_func()(
-        forward_step_func=forward_step, data_iterator=data_iterator, model=model,
+        forward_step_func=forward_step, data_iterator=chunk_data_iterators(data_iterator, model), model=model,
         num_microbatches=args.num_microbatches, seq_length=args.seq_length,
         micro_batch_size=args.micro_batch_size, decoder_seq_length=args.seq_length, forward_only=False)
     update_ok, grad_norm, _ = optimizer.step()
@@ -210,7 +276,8 @@ def evaluate(forward_step, data_iterator, model, num_iters: int, args=None) -> D
         for _ in range(num_iters):
             try:
                 loss_dicts = get_forward_backward_func()(
-                    forward_step_func=forward_step, data_iterator=data_iterator, model=model,
+                    forward_step_func=forward_step, data_iterator=chunk_data_iterators(data_iterator, model),
+                    model=model,
                     num_microbatches=args.num_microbatches, seq_length=args.seq_length,
                     micro_batch_size=args.micro_batch_size, decoder_seq_length=args.seq_length,
                     forward_only=True)
@@ -235,6 +302,7 @@ def train(forward_step, model, optimizer, scheduler, train_iterator, valid_itera
     own_logger = logger is None
     logger = logger or TrainingLogger(args)
     moments = MomentLogging(args, model)
+    param_gather = ParamGatherHooks(model, args)
     iteration = args.iteration
     for chunk in model:
         chunk.train()
@@ -242,21 +310,64 @@ def train(forward_step, model, optimizer, scheduler, train_iterator, valid_itera
         moments.before(iteration + 1)
         losses, skipped, grad_norm = train_step(forward_step, train_iterator, model, optimizer, scheduler, args)
         iteration += 1
+        if not skipped:
+            param_gather.enable()
         moments.after(iteration)
         lr = optimizer.param_groups[0]["lr"]
         logger.record(iteration, losses, skipped, grad_norm, lr)
         logger.maybe_print(iteration, lr, optimizer.get_loss_scale().item())
         if args.eval_iters and valid_iterator is not None and iteration % args.eval_interval == 0:
-            logger.log_eval(iteration, evaluate(forward_step, valid_iterator, model, args.eval_iters, args))
+            with param_gather.paused():
+                logger.log_eval(iteration, evaluate(forward_step, valid_iterator, model, args.eval_iters, args))
         if args.save and args.save_interval and iteration % args.save_interval == 0:
-            save(iteration, model, optimizer, scheduler, args)
+            with param_gather.paused():
+                save(iteration, model, optimizer, scheduler, args)
         if args.exit_interval and iteration % args.exit_interval == 0:
             print_rank_0(f"> exiting at iteration {iteration} (--exit-interval)")
             break
+    param_gather.disable()  # the last step's params are gathered before a final evaluation or save
     moments.close()
     if own_logger:
         logger.close()
     return iteration
+
+
+class ParamGatherHooks:
+    """megatron-core DDP's forward pre-hooks of the overlapped param all-gather, switched as upstream's train().
+
+    Off until a step has succeeded (a bad load or init then fails on its own rank, not inside the first
+    all-gather); off, with a synchronous gather, around evaluation, checkpoints and after the last step, so
+    those see the updated parameters. Does nothing without ``--overlap-param-gather``.
+    """
+
+    def __init__(self, model, args):
+        self.model = model
+        self.used = bool(args.use_distributed_optimizer and getattr(args, "overlap_param_gather", False))
+        # DDP registers the hooks at construction; an earlier train() may have taken them off
+        self.on = self.used and all(getattr(chunk, "remove_forward_pre_hook_handles", None) for chunk in model)
+        self.disable(param_sync=False)
+
+    def enable(self) -> None:
+        if self.used and not self.on:
+            for chunk in self.model:
+                chunk.enable_forward_pre_hook()
+            self.on = True
+
+    def disable(self, param_sync: bool = True) -> None:
+        if self.on:
+            for chunk in self.model:
+                chunk.disable_forward_pre_hook(param_sync=param_sync)
+            self.on = False
+
+    @contextlib.contextmanager
+    def paused(self):
+        was_on = self.on
+        self.disable()
+        try:
+            yield
+        finally:
+            if was_on:
+                self.enable()
 
 
 def save(iteration, model, optimizer, scheduler, args):

@@ -50,7 +50,9 @@ def validate_args(args, world_size: int) -> None:
              f"--global-batch-size {args.global_batch_size} is not divisible by --micro-batch-size "
              f"{args.micro_batch_size} x data-parallel size {args.data_parallel_size}")
     args.num_microbatches = args.global_batch_size // dp_batch
+    validate_virtual_pipeline_flags(args)
     validate_recompute_flags(args)
+    validate_parallel_flags(args)
 
     # Optimisation.
     _require(args.lr is not None or args.train_iters == 0, "--lr is required")
@@ -114,6 +116,48 @@ def check_method_flags(args) -> None:
         raise ConfigError(str(err)) from None
 
 
+def validate_virtual_pipeline_flags(args) -> None:
+    """Interleaved pipeline (upstream meanings): sets ``args.virtual_pipeline_model_parallel_size`` (None: off).
+
+    Either flag gives the number of model chunks per pipeline rank; one chunk per rank is the plain schedule.
+    megatron-core's interleaved schedule runs micro-batches in groups of PP, so their number must divide by PP.
+    """
+    per_layer = getattr(args, "num_layers_per_virtual_pipeline_stage", None)
+    per_rank = getattr(args, "num_virtual_stages_per_pipeline_rank", None)
+    args.virtual_pipeline_model_parallel_size = None
+    if per_layer is None and per_rank is None:
+        return
+    _require(per_layer is None or per_rank is None, "give either --num-layers-per-virtual-pipeline-stage or "
+             "--num-virtual-stages-per-pipeline-rank, not both")
+    pp = args.pipeline_model_parallel_size
+    flag = ("--num-layers-per-virtual-pipeline-stage" if per_layer is not None
+            else "--num-virtual-stages-per-pipeline-rank")
+    value = per_layer if per_layer is not None else per_rank
+    _require(value > 0, f"{flag} must be positive")
+    _require(pp >= 2, f"{flag} (interleaved pipeline) needs --pipeline-model-parallel-size >= 2, got {pp}")
+    per_stage = args.num_layers // pp
+    if per_layer is not None:
+        _require(per_stage % per_layer == 0, f"--num-layers-per-virtual-pipeline-stage {per_layer} does not divide "
+                 f"the {per_stage} layers of a pipeline stage (--num-layers {args.num_layers} / PP {pp})")
+        vp = per_stage // per_layer
+    else:
+        _require(per_stage % per_rank == 0, f"--num-virtual-stages-per-pipeline-rank {per_rank} does not divide "
+                 f"the {per_stage} layers of a pipeline stage (--num-layers {args.num_layers} / PP {pp})")
+        vp = per_rank
+    if vp == 1:
+        return  # one chunk per rank: the plain 1F1B schedule
+    m = args.num_microbatches
+    _require(m % pp == 0, f"the interleaved pipeline needs the number of micro-batches ({m} = --global-batch-size "
+             f"{args.global_batch_size} / (--micro-batch-size {args.micro_batch_size} x DP "
+             f"{args.data_parallel_size})) to be a multiple of --pipeline-model-parallel-size {pp}")
+    args.virtual_pipeline_model_parallel_size = vp
+
+
+def pipeline_bubble_fraction(pp: int, num_microbatches: int, vp=None) -> float:
+    """Idle fraction of a pipeline step: (p-1)/(v·m + p-1) interleaved, (p-1)/(m + p-1) without."""
+    return (pp - 1) / ((vp or 1) * num_microbatches + pp - 1)
+
+
 def validate_recompute_flags(args) -> None:
     """Upstream meanings: --recompute-activations = selective; full needs a method and a layer count."""
     if args.recompute_activations:
@@ -127,7 +171,9 @@ def validate_recompute_flags(args) -> None:
             _require(value is None, f"{flag} applies to --recompute-granularity full only"
                      + (" (selective recomputes every layer's core attention)" if granularity else ""))
         return
-    per_stage = args.num_layers // args.pipeline_model_parallel_size
+    # megatron-core recomputes per TransformerBlock: under the interleaved pipeline, one model chunk's layers
+    per_stage = (args.num_layers // args.pipeline_model_parallel_size
+                 // (getattr(args, "virtual_pipeline_model_parallel_size", None) or 1))
     _require(method is not None, "--recompute-granularity full needs --recompute-method uniform or block")
     _require(n is not None, f"--recompute-granularity full needs --recompute-num-layers (1..{per_stage}, "
              "the layers of one pipeline stage)")
@@ -136,6 +182,31 @@ def validate_recompute_flags(args) -> None:
     _require(method == "block" or per_stage % n == 0,
              f"--recompute-method uniform: --recompute-num-layers {n} must divide the {per_stage} layers of a "
              "pipeline stage")
+
+
+def validate_parallel_flags(args) -> None:
+    """Upstream meanings: sequence parallelism needs TP >= 2 (else off, with a warning); overlapped param
+    gather needs the distributed optimizer and overlapped grad reduce."""
+    if args.tensor_model_parallel_size == 1 and getattr(args, "sequence_parallel", False):
+        if int(os.environ.get("RANK", "0")) == 0:
+            print("WARNING: disabling sequence parallelism because tensor model parallelism is disabled",
+                  flush=True)
+        args.sequence_parallel = False
+    if getattr(args, "sequence_parallel", False):
+        from megatron.perf.cpu_compat import cpu_mode_wanted
+
+        if not cpu_mode_wanted(args.cpu):  # CPU mode marks megatron-core's torch LayerNorm (cpu_compat)
+            from megatron.core.models.gpt.gpt_layer_specs import HAVE_APEX  # the local specs' LayerNorm
+
+            _require(HAVE_APEX, "--sequence-parallel on GPUs needs apex (the local layer specs' FusedLayerNorm): "
+                     "megatron-core's torch LayerNorm does not support sequence parallelism")
+    if getattr(args, "overlap_param_gather", False):
+        _require(args.use_distributed_optimizer,
+                 "--overlap-param-gather only supported with distributed optimizer (--use-distributed-optimizer)")
+        _require(getattr(args, "overlap_grad_reduce", False),
+                 "Must use --overlap-param-gather with --overlap-grad-reduce")
+    _require(getattr(args, "ddp_bucket_size", None) is None or args.ddp_bucket_size > 0,
+             "--ddp-bucket-size must be positive")
 
 
 def data_prefixes(data_path):

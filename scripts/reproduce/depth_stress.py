@@ -23,6 +23,8 @@ from pathlib import Path
 
 import common as C
 
+from megatron.dslm.config import DEFAULT_EMBEDDING_CORR
+
 PRIORITY = [("dslm", False), ("dslm", True), ("megatron", False), ("deepnet", True), ("xavier", False),
             ("xavier", True), ("megatron", True)]
 DEEPEST_VARIANTS = 4  # at the largest depth only the first four of PRIORITY (~2.5 min each on CPU)
@@ -58,7 +60,7 @@ def profile_init(p, data, vocab, seed, out_dir: Path) -> dict:
         pred_json = C.WORK / "profile" / f"{scheme}_{layers}_predicted.json"
         pcmd = ["-m", "megatron.dslm.predict", "--num-layers", layers, "--hidden-size", 128,
                 "--num-attention-heads", 4, "--seq-length", 128, "--init-scheme", scheme, "--model-type", "gpt",
-                "--embedding-corr", log.embedding_corr if log.embedding_corr is not None else 0.221,
+                "--embedding-corr", log.embedding_corr if log.embedding_corr is not None else DEFAULT_EMBEDDING_CORR,
                 "--hidden-dropout", 0.1, "--attention-dropout", 0.1, "--activation", "gelu",
                 "--vocab-size", 30592, "--json", pred_json]
         pres = C.run_cmd(pcmd, C.WORK / "logs" / "depth_stress" / f"predict_{scheme}.log")
@@ -124,7 +126,8 @@ def gpu_scale(out):
               "--train-iters 20000 --lr 1e-4 --lr-decay-style cosine --lr-warmup-fraction 0.01 --bf16 "
               "--data-path my-corpus_text_document --split 949,50,1 --tokenizer-type BertWordPieceLowerCase "
               "--vocab-file bert-base-uncased-vocab.txt --eval-interval 1000 --eval-iters 20 --seed 1234 "
-              "--recompute-activations --log-moments-interval 1000")
+              "--recompute-granularity full --recompute-method uniform --recompute-num-layers 1 "
+              "--log-moments-interval 1000")
     cmds = []
     for layers, hidden, heads, pp in ((192, 1024, 16, 4), (1000, 512, 8, 8)):
         for scheme, post in PRIORITY[:5]:

@@ -8,7 +8,7 @@ import torch
 
 from megatron.dslm.embedding_corr import estimate_embedding_corr, zipf_same_token_prob
 from megatron.dslm.estimate_corr import main
-from megatron.training.model_setup import indexed_dataset_windows
+from megatron.dslm.mcore.data import indexed_dataset_windows
 
 
 def _zipf_sequences(rng, vocab, num_seqs, length, bursty=False):

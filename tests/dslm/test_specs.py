@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from megatron.training.perf import SpeedOptions
+from megatron.perf import SpeedOptions
 
 import pytest
 import torch

@@ -8,7 +8,7 @@ import torch
 
 @pytest.fixture(scope="module", autouse=True)
 def _cpu_mode():
-    from megatron.training.perf import cpu_compat
+    from megatron.perf import cpu_compat
 
     cpu_compat.enable_cpu_mode()
     yield
@@ -21,7 +21,7 @@ def _tensors(seed, shapes=((7, 3), (5,), (128, 64), (1,))):
 
 def test_foreach_l2_norm_matches_megatron_local():
     from megatron.core.utils import local_multi_tensor_l2_norm
-    from megatron.training.perf.apex_fallbacks import foreach_l2_norm
+    from megatron.perf.apex_fallbacks import foreach_l2_norm
 
     flag = torch.zeros(1, dtype=torch.int)
     tensors = _tensors(0)
@@ -39,7 +39,7 @@ def test_foreach_l2_norm_matches_megatron_local():
 @pytest.mark.parametrize("scale", [0.37, 1.0])
 def test_foreach_scale_matches_megatron_local(in_place, scale):
     from megatron.core.utils import local_multi_tensor_scale
-    from megatron.training.perf.apex_fallbacks import foreach_scale
+    from megatron.perf.apex_fallbacks import foreach_scale
 
     flag = torch.zeros(1, dtype=torch.int)
     src = _tensors(1)
@@ -55,7 +55,7 @@ def test_foreach_scale_matches_megatron_local(in_place, scale):
 def test_install_replaces_only_local_fallbacks():
     from megatron.core import utils as mcore_utils
     from megatron.core.optimizer import clip_grads
-    from megatron.training.perf import apex_fallbacks
+    from megatron.perf import apex_fallbacks
 
     apex_fallbacks.install()
     assert clip_grads.l2_norm_impl is apex_fallbacks.foreach_l2_norm
@@ -74,7 +74,7 @@ def test_install_replaces_only_local_fallbacks():
 
 def test_fused_cpu_adamw_matches_reference_loop():
     """What use_fused_cpu_adam switches to gives the per-parameter AdamW result (5 steps, weight decay)."""
-    from megatron.training.perf.fused_adam import use_fused_cpu_adam
+    from megatron.perf.fused_adam import use_fused_cpu_adam
 
     params = [torch.nn.Parameter(t) for t in _tensors(2)]
     ref_params = [torch.nn.Parameter(t.detach().clone()) for t in params]

@@ -71,7 +71,7 @@ def runs():
 
 def test_direct_mode_is_selected_only_by_the_flag(runs):
     from megatron.core.optimizer.optimizer import ChainedOptimizer
-    from megatron.training.perf.grad_buffer import FlatGradNormOptimizer
+    from megatron.perf.grad_buffer import FlatGradNormOptimizer
 
     stock, direct = runs["megatron"], runs["direct"]
     assert not stock.ddp.grads_in_buffer and direct.ddp.grads_in_buffer
@@ -145,7 +145,7 @@ def test_training_losses_match_megatron_over_steps():
 
 
 def test_falls_back_where_grads_cannot_alias_the_buffer():
-    from megatron.training.perf.grad_buffer import grads_can_alias_buffer, with_flat_grad_norm
+    from megatron.perf.grad_buffer import grads_can_alias_buffer, with_flat_grad_norm
 
     cfg = types.SimpleNamespace(gradient_accumulation_fusion=False, cuda_graph_impl="none")
     ddp_cfg = types.SimpleNamespace(overlap_grad_reduce=False, delay_wgrad_compute=False, use_megatron_fsdp=False)
@@ -163,7 +163,7 @@ def test_falls_back_where_grads_cannot_alias_the_buffer():
 
 def test_buffer_grad_norm_is_as_accurate_as_per_parameter_norms():
     """A plain fp32 ``vector_norm`` over 5M values is off by ~1e-4 relative on CPU; the chunked norm is not."""
-    from megatron.training.perf.grad_buffer import buffer_grad_norm
+    from megatron.perf.grad_buffer import buffer_grad_norm
 
     g = torch.Generator().manual_seed(0)
     buffers = [torch.randn(4_915_264, generator=g) * 1e-3, torch.randn(1000, generator=g)]

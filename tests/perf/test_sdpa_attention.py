@@ -1,6 +1,6 @@
 """The SDPA attention core equals megatron-core's local attention (fp32, CPU): outputs and every gradient."""
 
-from megatron.training.perf import SpeedOptions
+from megatron.perf import SpeedOptions
 
 import pytest
 import torch
@@ -38,7 +38,7 @@ def test_sdpa_matches_local_forward_and_gradients(post_ln, explicit_mask):
 def test_bert_sdpa_matches_local_with_padding_mask():
     """BERT (padding mask, bidirectional) with the SDPA core built in through the spec and SDPABertModel."""
     from megatron.dslm.mcore.models import build_bert_model
-    from megatron.training.perf.sdpa_attention import SDPAttention
+    from megatron.perf.sdpa_attention import SDPAttention
 
     g = torch.Generator().manual_seed(3)
     tokens = torch.randint(0, 64, (3, 16), generator=g)

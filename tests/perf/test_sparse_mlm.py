@@ -1,7 +1,7 @@
-"""MLM head on the masked positions only (megatron/training/perf/sparse_mlm.py) equals the dense BertModel
+"""MLM head on the masked positions only (megatron/perf/sparse_mlm.py) equals the dense BertModel
 computation."""
 
-from megatron.training.perf import SpeedOptions
+from megatron.perf import SpeedOptions
 
 import pytest
 import torch
@@ -24,7 +24,7 @@ def _batch(b=3, s=16, vocab=64, seed=0):
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_masked_positions_head_equals_dense(dropout):
     from megatron.dslm.mcore.models import build_bert_model
-    from megatron.training.perf.sparse_mlm import MaskedPositionsBertModel
+    from megatron.perf.sparse_mlm import MaskedPositionsBertModel
     from megatron.training.initialize import set_random_seed
 
     tokens, types, pad, loss_mask = _batch()

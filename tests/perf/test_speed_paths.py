@@ -11,8 +11,8 @@ import re
 import pytest
 import torch
 
-from megatron.training import perf
-from megatron.training.perf import SPEED_PATHS, STOCK, SpeedOptions
+from megatron import perf
+from megatron.perf import SPEED_PATHS, STOCK, SpeedOptions
 from tests.support import make_config
 
 LAYERS, HIDDEN, HEADS, SEQ, VOCAB = 2, 32, 4, 16, 64
@@ -180,8 +180,8 @@ def test_row_flags_are_real_cli_flags_and_stock_values_give_stock_options():
 
 
 def _expected_changes(flag: str, model) -> dict:
-    from megatron.training.perf.sdpa_attention import SDPAttention
-    from megatron.training.perf.torch_linear import (TorchColumnParallelLinear, TorchMLPInputLinear,
+    from megatron.perf.sdpa_attention import SDPAttention
+    from megatron.perf.torch_linear import (TorchColumnParallelLinear, TorchMLPInputLinear,
                                                      TorchRowParallelLinear)
 
     expected = {}
@@ -205,8 +205,8 @@ def test_each_flag_changes_exactly_its_modules(flag):
     from megatron.core.models.bert.bert_layer_specs import bert_layer_local_spec
     from megatron.core.models.bert.bert_model import BertModel
     from megatron.core.models.gpt.gpt_model import GPTModel
-    from megatron.training.perf.sdpa_attention import SDPABertModel
-    from megatron.training.perf.sparse_mlm import MaskedPositionsBertModel
+    from megatron.perf.sdpa_attention import SDPABertModel
+    from megatron.perf.sparse_mlm import MaskedPositionsBertModel
 
     options = SpeedOptions(**{flag: True})
     stock_bert_spec = repr(bert_layer_local_spec)
@@ -239,8 +239,8 @@ def test_layer_specs_carry_the_paths_and_leave_the_input_alone():
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
     from megatron.core.transformer.dot_product_attention import DotProductAttention
-    from megatron.training.perf.sdpa_attention import SDPAttention
-    from megatron.training.perf.torch_linear import (TorchColumnParallelLinear, TorchMLPInputLinear,
+    from megatron.perf.sdpa_attention import SDPAttention
+    from megatron.perf.torch_linear import (TorchColumnParallelLinear, TorchMLPInputLinear,
                                                      TorchRowParallelLinear)
 
     for make, base in ((perf.gpt_layer_spec, get_gpt_layer_local_spec()),
@@ -262,7 +262,7 @@ def test_layer_specs_carry_the_paths_and_leave_the_input_alone():
 def test_only_the_output_layer_changes_class_after_construction(monkeypatch):
     """Layer linears are built as the subclasses; the post-construction swap is left with the output layer."""
     from megatron.core.tensor_parallel.layers import ColumnParallelLinear
-    from megatron.training.perf.torch_linear import (TorchColumnParallelLinear, TorchMLPInputLinear,
+    from megatron.perf.torch_linear import (TorchColumnParallelLinear, TorchMLPInputLinear,
                                                      TorchRowParallelLinear, use_torch_linears)
 
     options = SpeedOptions(torch_linear=True)
@@ -288,8 +288,8 @@ def test_only_the_output_layer_changes_class_after_construction(monkeypatch):
 @pytest.mark.usefixtures("single_process_megatron")
 def test_bert_model_class_is_one_class_per_options():
     from megatron.core.models.bert.bert_model import BertModel
-    from megatron.training.perf.sdpa_attention import SDPABertModel
-    from megatron.training.perf.sparse_mlm import MaskedPositionsBertModel
+    from megatron.perf.sdpa_attention import SDPABertModel
+    from megatron.perf.sparse_mlm import MaskedPositionsBertModel
 
     assert perf.bert_model_class(STOCK) is BertModel
     both = SpeedOptions(sdpa_attention=True, masked_positions_mlm=True)
@@ -305,7 +305,7 @@ def test_bert_model_class_is_one_class_per_options():
 
 
 def test_cpu_mode_wanted(monkeypatch):
-    from megatron.training.perf import cpu_compat
+    from megatron.perf import cpu_compat
 
     monkeypatch.delenv("MEGATRON_FORCE_CPU", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -319,7 +319,7 @@ def test_cpu_mode_wanted(monkeypatch):
 
 
 def test_install_process_wide_enables_the_shim_only_in_cpu_mode(monkeypatch):
-    from megatron.training.perf import cpu_compat
+    from megatron.perf import cpu_compat
 
     calls = []
     monkeypatch.delenv("MEGATRON_FORCE_CPU", raising=False)
@@ -332,7 +332,7 @@ def test_install_process_wide_enables_the_shim_only_in_cpu_mode(monkeypatch):
 
 
 def test_install_process_wide_really_enables_cpu_mode_here():
-    from megatron.training.perf import cpu_compat
+    from megatron.perf import cpu_compat
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present: CPU mode is not wanted here")

@@ -1,7 +1,7 @@
-"""``F.linear`` TP linears (megatron/training/perf/torch_linear.py) equal megatron-core's autograd-Function path
+"""``F.linear`` TP linears (megatron/perf/torch_linear.py) equal megatron-core's autograd-Function path
 (fp32, CPU)."""
 
-from megatron.training.perf import SpeedOptions
+from megatron.perf import SpeedOptions
 
 import pytest
 import torch
@@ -22,7 +22,7 @@ def _run(model, inputs):
 @pytest.mark.parametrize("dropout", [0.0, 0.2])
 def test_torch_linears_match_megatron_gpt(post_ln, dropout):
     from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
-    from megatron.training.perf.torch_linear import TorchColumnParallelLinear, TorchRowParallelLinear
+    from megatron.perf.torch_linear import TorchColumnParallelLinear, TorchRowParallelLinear
     from megatron.dslm.mcore.models import build_gpt_model
     from megatron.training.initialize import set_random_seed
 
@@ -74,7 +74,7 @@ def test_bias_is_returned_separately_when_activation_fusion_wants_it():
 
 def test_tensor_parallel_layers_keep_megatron_path(monkeypatch):
     """A linear with a TP partner (faked here: group size 2) is swapped but must take megatron's own path."""
-    from megatron.training.perf import torch_linear as fast_linear
+    from megatron.perf import torch_linear as fast_linear
     from megatron.dslm.mcore.models import build_gpt_model
 
     class _FakeGroup:

@@ -1,6 +1,6 @@
 """Finetuning micro-batches cut to their longest sequence: shapes, and the BERT outputs are unchanged."""
 
-from megatron.training.perf import SpeedOptions
+from megatron.perf import SpeedOptions
 
 import numpy as np
 import pytest

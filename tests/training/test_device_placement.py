@@ -111,7 +111,7 @@ def test_tp1_inputs_reach_the_model_on_the_input_device(index):
 
 def test_override_is_scoped_and_default_follows_cpu_mode():
     from megatron.training.device import input_device, input_device_override, to_input_device
-    from megatron.training.perf import cpu_compat
+    from megatron.perf import cpu_compat
 
     before = input_device()
     with input_device_override("meta"):

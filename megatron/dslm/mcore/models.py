@@ -31,8 +31,8 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.dslm.contract import InitTable
 from megatron.dslm.mcore.specs import get_dslm_bert_layer_spec, get_dslm_block_spec, get_dslm_gpt_layer_spec
 from megatron.dslm.mcore.weight_init import apply_init_table
-from megatron.training import perf
-from megatron.training.perf import SpeedOptions
+from megatron import perf
+from megatron.perf import SpeedOptions
 
 
 class NormedLanguageModelEmbedding(LanguageModelEmbedding):
@@ -162,11 +162,16 @@ def resolve_post_ln(config: TransformerConfig, table: InitTable, post_ln: Option
 
 
 def _build(model_cls, layer_spec_fn, config: TransformerConfig, table: InitTable, post_ln: Optional[bool],
-           seed: int, speed: SpeedOptions, **model_kwargs):
-    """Config check -> block spec -> model (embedding LN, logit scale) -> speed paths -> layout-independent init."""
+           seed: int, speed: SpeedOptions, vp_stage: Optional[int] = None, **model_kwargs):
+    """Config check -> block spec -> model (embedding LN, logit scale) -> speed paths -> layout-independent init.
+
+    ``vp_stage``: the virtual pipeline stage (model chunk) to build under the interleaved pipeline; its layers
+    carry global layer numbers, so λ/β and the keyed init come from the right layers."""
     config = resolve_post_ln(config, table, post_ln)
     layer_spec = layer_spec_fn(table, post_ln=config.apply_residual_connection_post_layernorm, speed=speed)
-    model = model_cls(config=config, transformer_layer_spec=get_dslm_block_spec(config, layer_spec),
+    if vp_stage is not None:
+        model_kwargs["vp_stage"] = vp_stage
+    model = model_cls(config=config, transformer_layer_spec=get_dslm_block_spec(config, layer_spec, vp_stage),
                       lm_logit_scale=table.lm_logit_scale, **model_kwargs)
     perf.apply_to_model(model, speed)
     apply_init_table(model, table, seed)
@@ -177,7 +182,7 @@ def build_gpt_model(config: TransformerConfig, table: InitTable, *, vocab_size: 
                     pre_process: bool = True, post_process: bool = True, post_ln: Optional[bool] = None,
                     seed: int = 1234, share_embeddings_and_output_weights: bool = True,
                     position_embedding_type: str = "learned_absolute",
-                    speed: SpeedOptions = perf.STOCK) -> GPTModel:
+                    speed: SpeedOptions = perf.STOCK, vp_stage: Optional[int] = None) -> GPTModel:
     """A :class:`DSLMGPTModel` with λ/β residual scaling, optional Post-LN, initialised from ``table``.
 
     Args:
@@ -189,9 +194,10 @@ def build_gpt_model(config: TransformerConfig, table: InitTable, *, vocab_size: 
         vocab_size: the *padded* vocabulary size (keep it TP-independent for layout-invariant init).
         post_ln: kept for older callers; ``True`` sets the config flag, ``False`` must agree with it.
         seed: weight seed; the same seed gives the same full weights at every TP/PP layout.
-        speed: the opt-in speed paths to build with (:mod:`megatron.training.perf`; stock by default).
+        speed: the opt-in speed paths to build with (:mod:`megatron.perf`; stock by default).
+        vp_stage: this model chunk's virtual pipeline stage (interleaved pipeline only).
     """
-    return _build(DSLMGPTModel, get_dslm_gpt_layer_spec, config, table, post_ln, seed, speed,
+    return _build(DSLMGPTModel, get_dslm_gpt_layer_spec, config, table, post_ln, seed, speed, vp_stage,
                   vocab_size=vocab_size, max_sequence_length=max_sequence_length, pre_process=pre_process,
                   post_process=post_process, position_embedding_type=position_embedding_type,
                   share_embeddings_and_output_weights=share_embeddings_and_output_weights)
@@ -201,7 +207,7 @@ def build_bert_model(config: TransformerConfig, table: InitTable, *, vocab_size:
                      num_tokentypes: int = 2, add_binary_head: bool = True, pre_process: bool = True,
                      post_process: bool = True, post_ln: Optional[bool] = None, seed: int = 1234,
                      share_embeddings_and_output_weights: bool = True,
-                     speed: SpeedOptions = perf.STOCK) -> BertModel:
+                     speed: SpeedOptions = perf.STOCK, vp_stage: Optional[int] = None) -> BertModel:
     """A :class:`DSLMBertModel` (padding-mask attention) built and initialised like :func:`build_gpt_model`.
 
     Post-LN here is original BERT's layout (embedding LN, a LN after every merge). Unlike BertModel's own
@@ -210,7 +216,7 @@ def build_bert_model(config: TransformerConfig, table: InitTable, *, vocab_size:
     ``mlm_positions``).
     """
     return _build(dslm_bert_model_class(perf.bert_model_class(speed)), get_dslm_bert_layer_spec, config, table,
-                  post_ln, seed, speed, num_tokentypes=num_tokentypes, vocab_size=vocab_size,
+                  post_ln, seed, speed, vp_stage, num_tokentypes=num_tokentypes, vocab_size=vocab_size,
                   max_sequence_length=max_sequence_length, pre_process=pre_process, post_process=post_process,
                   add_binary_head=add_binary_head,
                   share_embeddings_and_output_weights=share_embeddings_and_output_weights)

@@ -21,9 +21,12 @@ so we pool over tokens, sequences and features with one scalar mean ``m``):
 
 Layer 0 is the embedding output (after dropout, and after the embedding LayerNorm when there is one), layers
 1..N the global, 1-based ``layer_number``. Without sequence parallelism hidden states are replicated across TP
-ranks, so TP rank 0's are used; each pipeline stage observes its own layers and :meth:`collect` gathers them to
-global rank 0 (data-parallel rank 0's values; other DP replicas see other data). Micro-batches of the logged
-step are pooled. Full-layer activation recompute would run a layer's forward twice: log without it.
+ranks, so TP rank 0's are used (under it, each rank's [s/TP, b, h] slice is first gathered over the TP group);
+each pipeline stage observes its own layers and :meth:`collect` gathers them to global rank 0 (data-parallel
+rank 0's values; other DP replicas see other data). Micro-batches of the logged step are pooled. Activation
+recompute (full or selective) reruns forwards inside backward: those reruns add no forward statistics (each
+forward counts once), and under full recompute the gradient hook is registered on the rerun's output, the only
+one autograd differentiates.
 """
 
 from __future__ import annotations
@@ -34,6 +37,26 @@ from collections import defaultdict
 from typing import Dict, List
 
 import torch
+
+
+def _in_backward() -> bool:
+    """True while the autograd engine runs a backward: a module forward there is a recompute (megatron-core's
+    CheckpointFunction, torch.utils.checkpoint), whatever the grad mode of the first pass."""
+    task_id = getattr(torch._C, "_current_graph_task_id", None)
+    return task_id is not None and task_id() != -1
+
+
+def _sequence_gather(chunks):
+    """Under sequence parallelism layer outputs, LayerNorm inputs and their grads are [s/TP, b, h] slices: gather
+    the whole sequence over the TP group (logged steps only), so token pairs span it. Identity otherwise."""
+    if not any(getattr(getattr(c, "config", None), "sequence_parallel", False) for c in chunks):
+        return lambda x: x
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel.mappings import _gather_along_first_dim
+
+    group = parallel_state.get_tensor_model_parallel_group()
+    return lambda x: _gather_along_first_dim(x.detach().contiguous(), group)
+
 
 class _Stats:
     """Running sums for one layer (float64 tensors on the activations' device)."""
@@ -102,6 +125,7 @@ class MomentObserver:
 
         self.chunks = [unwrap_model(m) for m in (model_chunks if isinstance(model_chunks, (list, tuple))
                                             else [model_chunks])]
+        self._gather = _sequence_gather(self.chunks)
         self._handles: List = []
         self._stats: Dict[int, _Stats] = defaultdict(_Stats)
 
@@ -112,10 +136,11 @@ class MomentObserver:
 
     def _record_output(self, layer_number: int, hidden: torch.Tensor) -> None:
         st = self._stats[layer_number]
-        st.fwd = _Stats._add(st.fwd, forward_sums(hidden))
+        if not _in_backward():
+            st.fwd = _Stats._add(st.fwd, forward_sums(self._gather(hidden)))
         if hidden.requires_grad:
             def grad_hook(grad, _st=st):
-                _st.grad = _Stats._add(_st.grad, _var_sums(grad))
+                _st.grad = _Stats._add(_st.grad, _var_sums(self._gather(grad)))
             hidden.register_hook(grad_hook)  # tensor hooks die with the graph: nothing to remove
 
     def _layer_hook(self, layer_number: int):
@@ -131,8 +156,10 @@ class MomentObserver:
 
     def _pre_norm_hook(self, layer_number: int, attn: bool):
         def hook(module, args):
+            if _in_backward():
+                return
             st = self._stats[layer_number]
-            sums = _var_sums(args[0])
+            sums = _var_sums(self._gather(args[0]))
             if attn:
                 st.pre_norm_attn = _Stats._add(st.pre_norm_attn, sums)
             else:
@@ -158,6 +185,8 @@ class MomentObserver:
     def _logit_hook(self, layer_number: int):
         """Local attention: the softmax module's input is the raw score tensor."""
         def hook(module, args):
+            if _in_backward():
+                return
             scores = args[0].detach()
             if getattr(module, "scale", None) is not None:
                 scores = scores * module.scale
@@ -169,6 +198,8 @@ class MomentObserver:
     def _sdpa_logit_hook(self, layer_number: int):
         """Fused (SDPA) attention never forms the scores: recompute QKᵀ·scale from its inputs on logged steps."""
         def hook(module, args, kwargs):
+            if _in_backward():
+                return
             query, key = args[0].detach(), args[1].detach()  # [s, b, heads or groups, hn]
             heads, groups = query.shape[2], key.shape[2]
             if heads != groups:

@@ -50,32 +50,27 @@ from megatron.dslm.contract import InitTable
 
 def scaled_bda(stock_bda: Callable, residual_scale: float, branch_scale: float,
                 post_norm: Optional[torch.nn.Module]) -> Callable:
-    """Wrap a megatron bda factory ``(training, fused) -> fn(x_with_bias, residual, prob)``.
+    """Replace a megatron bda factory ``(training, fused) -> fn(x_with_bias, residual, prob)`` by the λ/β merge.
 
-    With bias-dropout fusion (GPUs) the stock fused function still does the dropout and the add; we only
-    pre-scale its inputs, and skip each multiply whose factor is exactly 1. Unfused, the merge is ours
-    (:func:`unfused_scaled_bda`).
+    megatron asks for ``fused`` when ``bias_dropout_fusion`` is on (GPUs): the merge is then one TorchScript
+    function from the speed paths (:func:`megatron.perf.fused_scaled_bda`); otherwise it is
+    :func:`unfused_scaled_bda`. Both compute the same ops in the same order; ``stock_bda`` (the layer's own
+    factory) is not called, since a merge with λ = β = 1 and no norm keeps it instead of this wrapper.
     """
 
     # Built once per layer, not at each forward (megatron calls the factory in every layer forward).
     unfused = {mode: unfused_scaled_bda(mode, residual_scale, branch_scale, post_norm) for mode in (False, True)}
+    fused_by_mode = {}
 
     def factory(training: bool, fused: bool):
         if not fused:
             return unfused[bool(training)]
-        inner = stock_bda(training, fused)
+        if bool(training) not in fused_by_mode:
+            from megatron import perf
 
-        def bias_dropout_scaled_add(x_with_bias, residual, prob):
-            out, bias = x_with_bias
-            if branch_scale != 1.0:
-                out = out * branch_scale
-                bias = None if bias is None else bias * branch_scale
-            if residual_scale != 1.0:
-                residual = residual * residual_scale
-            merged = inner((out, bias), residual, prob)
-            return merged if post_norm is None else post_norm(merged)
-
-        return bias_dropout_scaled_add
+            fused_by_mode[bool(training)] = perf.fused_scaled_bda(bool(training), residual_scale, branch_scale,
+                                                                  post_norm)
+        return fused_by_mode[bool(training)]
 
     return factory
 
@@ -86,8 +81,8 @@ def unfused_scaled_bda(training: bool, residual_scale: float, branch_scale: floa
 
     Same value as scaling before the stock unfused function (dropout is linear: β·dropout(y) = dropout(β·y)
     with the same mask, up to fp32 rounding) but one elementwise pass fewer forward and backward per merge,
-    which is measurable on deep, narrow models (CPU, 96x64). GPUs with bias-dropout fusion keep the stock
-    fused kernel (the wrapper above).
+    which is measurable on deep, narrow models (CPU, 96x64). With bias-dropout fusion (GPUs) the same ops run
+    as one TorchScript function (:mod:`megatron.perf.fused_merge`).
     """
 
     # λ as a 0-dim tensor of the computation's dtype, not a Python float: the same product bit for bit (fp32,
@@ -180,10 +175,10 @@ def get_dslm_gpt_layer_spec(table: InitTable, post_ln: bool = False, speed=None)
     """GPT layer spec with λ/β residual scaling from ``table`` (Post-LN if ``post_ln``).
 
     Base: megatron-core's local spec (Transformer Engine's spec is not used). ``speed`` may put the speed
-    paths' core attention and linears in (:func:`megatron.training.perf.gpt_layer_spec`).
+    paths' core attention and linears in (:func:`megatron.perf.gpt_layer_spec`).
     """
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
-    from megatron.training import perf
+    from megatron import perf
 
     base = perf.gpt_layer_spec(get_gpt_layer_local_spec(), speed or perf.STOCK)
     return _dslm_layer_spec(base, table, post_ln)
@@ -192,11 +187,11 @@ def get_dslm_gpt_layer_spec(table: InitTable, post_ln: bool = False, speed=None)
 def get_dslm_bert_layer_spec(table: InitTable, post_ln: bool = False, speed=None) -> ModuleSpec:
     """BERT (padding-mask) layer spec with λ/β residual scaling from ``table`` (Post-LN if ``post_ln``).
 
-    ``speed`` may put the speed paths' core attention and linears in (:func:`megatron.training.perf.bert_layer_spec`;
-    the model class must then come from :func:`megatron.training.perf.bert_model_class`).
+    ``speed`` may put the speed paths' core attention and linears in (:func:`megatron.perf.bert_layer_spec`;
+    the model class must then come from :func:`megatron.perf.bert_model_class`).
     """
     from megatron.core.models.bert.bert_layer_specs import bert_layer_local_spec
-    from megatron.training import perf
+    from megatron import perf
 
     return _dslm_layer_spec(perf.bert_layer_spec(bert_layer_local_spec, speed or perf.STOCK), table, post_ln)
 

@@ -10,7 +10,7 @@ forward is given ``mlm_positions`` (pretrain_bert.py passes the loss mask); othe
 :class:`MaskedPositionsBertModel` gathers the hidden states of the loss positions before the LM head and
 scatters the per-token losses back to ``[b, s]`` (zeros elsewhere), so the loss function, the loss mask and the
 logged numbers are unchanged. It is a model class, chosen at construction by
-:func:`megatron.training.perf.bert_model_class`.
+:func:`megatron.perf.bert_model_class`.
 """
 
 from __future__ import annotations

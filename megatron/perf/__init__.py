@@ -26,7 +26,7 @@ from typing import List, Tuple
 class SpeedPath:
     """One row of the table: what a path is, who switches it, what it replaces and how exact it is.
 
-    ``name`` is the module of this package that implements it (``megatron.training.perf.<name>``).
+    ``name`` is the module of this package that implements it (``megatron.perf.<name>``).
     """
 
     name: str
@@ -38,7 +38,8 @@ class SpeedPath:
 
 SPEED_PATHS: Tuple[SpeedPath, ...] = (
     SpeedPath("cpu_compat", "--cpu (or no CUDA device)",
-              "torch.cuda device/RNG/synchronize calls and CUDA tensor-type checks inside megatron-core",
+              "torch.cuda device/RNG/synchronize calls and CUDA tensor-type checks inside megatron-core; "
+              "its torch LayerNorm's refusal of --sequence-parallel",
               "bitwise (only device placement and type names change)", "CPU mode only; never on a GPU"),
     SpeedPath("apex_fallbacks", "always (where apex/TE are missing)",
               "megatron.core.utils.local_multi_tensor_l2_norm / local_multi_tensor_scale Python loops",
@@ -60,6 +61,10 @@ SPEED_PATHS: Tuple[SpeedPath, ...] = (
     SpeedPath("fused_adam", "always in CPU mode (--cpu or no CUDA device)",
               "torch AdamW's per-parameter Python loop (megatron's no-apex fallback)",
               "<= 1e-6 relative (same AdamW arithmetic in one C++ kernel)", "CPU mode only"),
+    SpeedPath("fused_merge", "bias-dropout fusion (on by default on CUDA; --no-bias-dropout-fusion = off)",
+              "DSLM's scaled merge as extra scaling passes before megatron-core's fused bias-dropout-add",
+              "bitwise where nothing is fused (CPU); <= 1e-6 relative fp32, 1 ulp bf16 where the fuser fuses",
+              "layers with λ or β != 1, or Post-LN, while megatron-core's bias_dropout_fusion is on"),
 )
 
 
@@ -83,7 +88,7 @@ STOCK = SpeedOptions()
 
 def install_process_wide(force_cpu: bool = False) -> List[str]:
     """CPU shim (CPU mode only) and the foreach multi-tensor fallbacks; call before building megatron objects."""
-    from megatron.training.perf import apex_fallbacks, cpu_compat
+    from megatron.perf import apex_fallbacks, cpu_compat
 
     applied = []
     if cpu_compat.cpu_mode_wanted(force_cpu):
@@ -95,11 +100,11 @@ def install_process_wide(force_cpu: bool = False) -> List[str]:
 
 def _layer_spec(spec, options: SpeedOptions):
     if options.sdpa_attention:
-        from megatron.training.perf.sdpa_attention import with_sdpa_core_attention
+        from megatron.perf.sdpa_attention import with_sdpa_core_attention
 
         spec = with_sdpa_core_attention(spec)
     if options.torch_linear:
-        from megatron.training.perf.torch_linear import with_torch_linears
+        from megatron.perf.torch_linear import with_torch_linears
 
         spec = with_torch_linears(spec)
     return spec
@@ -135,11 +140,11 @@ def bert_model_class(options: SpeedOptions = STOCK) -> type:
 def _bert_model_class(sdpa_attention: bool, masked_positions_mlm: bool) -> type:
     bases = []
     if sdpa_attention:
-        from megatron.training.perf.sdpa_attention import SDPABertModel
+        from megatron.perf.sdpa_attention import SDPABertModel
 
         bases.append(SDPABertModel)
     if masked_positions_mlm:
-        from megatron.training.perf.sparse_mlm import MaskedPositionsBertModel
+        from megatron.perf.sparse_mlm import MaskedPositionsBertModel
 
         bases.append(MaskedPositionsBertModel)
     if not bases:
@@ -161,24 +166,31 @@ def apply_to_model(model, options: SpeedOptions = STOCK):
     at construction (:func:`gpt_layer_spec`, :func:`bert_layer_spec`, :func:`bert_model_class`).
     """
     if options.torch_linear:
-        from megatron.training.perf.torch_linear import use_torch_linears
+        from megatron.perf.torch_linear import use_torch_linears
 
         use_torch_linears(model)
     return model
 
 
+def fused_scaled_bda(training: bool, residual_scale: float, branch_scale: float, post_norm=None):
+    """DSLM's λ/β merge as one TorchScript function: what its bda factory returns when megatron asks ``fused``."""
+    from megatron.perf.fused_merge import fused_scaled_bda as build
+
+    return build(training, residual_scale, branch_scale, post_norm)
+
+
 def wrap_ddp(config, ddp_config, module, grad_buffer_impl: str = "direct"):
     """megatron-core DDP, with grads as views of its buffer where that is exact (``--grad-buffer-impl``)."""
-    from megatron.training.perf.grad_buffer import GradBufferDDP
+    from megatron.perf.grad_buffer import GradBufferDDP
 
     return GradBufferDDP(config, ddp_config, module, grads_in_buffer=grad_buffer_impl == "direct")
 
 
 def apply_to_optimizer(optimizer, model_chunks, grad_buffer_impl: str = "direct"):
     """Fused CPU AdamW (CPU mode) and the flat-buffer grad norm; returns the optimizer to use."""
-    from megatron.training.perf import cpu_compat
-    from megatron.training.perf.fused_adam import use_fused_cpu_adam
-    from megatron.training.perf.grad_buffer import with_flat_grad_norm
+    from megatron.perf import cpu_compat
+    from megatron.perf.fused_adam import use_fused_cpu_adam
+    from megatron.perf.grad_buffer import with_flat_grad_norm
 
     if cpu_compat.is_cpu_mode():
         use_fused_cpu_adam(optimizer)
@@ -189,8 +201,8 @@ def apply_to_optimizer(optimizer, model_chunks, grad_buffer_impl: str = "direct"
 
 def after_optimizer_load(optimizer) -> None:
     """A loaded optimizer state dict brings its own param-group flags: re-apply the CPU fused kernel."""
-    from megatron.training.perf import cpu_compat
-    from megatron.training.perf.fused_adam import use_fused_cpu_adam
+    from megatron.perf import cpu_compat
+    from megatron.perf.fused_adam import use_fused_cpu_adam
 
     if cpu_compat.is_cpu_mode():
         use_fused_cpu_adam(optimizer)

@@ -16,7 +16,7 @@ def use_fused_cpu_adam(optimizer) -> None:
     """Run megatron's torch-Adam fallback with torch's fused CPU kernel.
 
     ``foreach`` is no better on CPU (no multi-tensor kernels there, so it loops too), and deep-narrow models
-    have thousands of small parameters. Applied by :func:`megatron.training.perf.apply_to_optimizer` and again
+    have thousands of small parameters. Applied by :func:`megatron.perf.apply_to_optimizer` and again
     after a checkpoint load (the loaded param groups bring their own flags). Groups that are differentiable or
     hold a dtype the fused kernel lacks keep torch's loop.
     """

@@ -28,7 +28,10 @@ def grads_can_alias_buffer(config, ddp_config, params: List[torch.nn.Parameter])
 
     Excluded: overlapped grad reduction (the hooks start bucket all-reduces), delayed wgrad and fused grad
     accumulation (kernels write ``main_grad`` themselves), CUDA graphs, and a buffer dtype other than the
-    parameter's (bf16 params with fp32 grad reduction: the hook's add is also a cast).
+    parameter's (bf16 params with fp32 grad reduction: the hook's add is also a cast). The distributed optimizer
+    and its overlapped param all-gather are fine: the reduce-scatter acts on the buffer either way, and the
+    all-gather's forward pre-hooks write the separate param buffer (``--overlap-param-gather`` also needs
+    ``--overlap-grad-reduce``, as upstream, so from the command line the hooks are kept anyway).
     """
     if ddp_config.overlap_grad_reduce or getattr(ddp_config, "delay_wgrad_compute", False):
         return False

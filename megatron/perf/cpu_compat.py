@@ -5,7 +5,7 @@ megatron-core 0.16's CUDA touch points -- it allocates on ``torch.cuda.current_d
 RNG states, synchronises CUDA streams, and asserts ``torch.cuda.*Tensor`` type names in the optimizer.
 Exactness: bitwise (only device placement and type names change). Applies in CPU mode only: with CUDA present
 and no ``--cpu``, :func:`enable_cpu_mode` is never called and nothing is patched (NCCL, bf16 and fused kernels
-take their normal paths). Not a speed path, but listed in ``megatron.training.perf.SPEED_PATHS`` because it is
+take their normal paths). Not a speed path, but listed in ``megatron.perf.SPEED_PATHS`` because it is
 the other thing that swaps megatron-core behaviour.
 
 Redirecting exactly those touch points to the CPU lets the *real* engine (its tensor/pipeline-parallel layers,
@@ -27,6 +27,13 @@ Patch by patch (each was shown necessary; see docs/cpu_mode.md):
    ``torch.cuda.*`` name and maps ``torch.cuda.*`` type strings back (the optimizer and clip_grads assert CUDA
    tensor types). Only these entry points are wrapped -- not every op -- so model compute pays nothing (a
    global ``TorchFunctionMode`` doing the same slows every small op).
+
+5. megatron-core's torch LayerNorm (``WrappedTorchNorm``, its norm without apex / Transformer Engine) refuses
+   ``sequence_parallel``: with it on, the same torch norm is built and its weight and bias are marked
+   ``sequence_parallel`` as apex's and TE's norms mark theirs, so ``finalize_model_grads`` all-reduces their
+   grads (each TP rank saw only its sequence slice) over the TP group. Exact: the norm is per token. torch
+   2.13's gloo has every collective the sequence-parallel and DDP paths call (``all_gather_into_tensor``,
+   ``reduce_scatter_tensor`` with SUM and AVG, ``_coalescing_manager``), so nothing else is patched for them.
 
 Consequence worth knowing: the CPU and "CUDA" RNG streams are one generator, so dropout masks differ from a
 GPU run with the same seed (losses are still identical across TP/PP layouts on CPU).
@@ -92,7 +99,7 @@ def _make_type(original):
 
 
 def enable_cpu_mode() -> None:
-    """Apply patches 1-4 (idempotent). Call before building any megatron-core object."""
+    """Apply patches 1-5 (idempotent). Call before building any megatron-core object."""
     global _ENABLED
     if _ENABLED:
         return
@@ -121,7 +128,28 @@ def enable_cpu_mode() -> None:
             setattr(torch, name, _cpu_factory(fn))
     torch.Tensor.cuda = lambda self, *a, **k: self  # 4b
     torch.Tensor.type = _make_type(torch.Tensor.type)  # 4c
+    _allow_sequence_parallel_torch_norm()  # 5
     _ENABLED = True
+
+
+def _allow_sequence_parallel_torch_norm() -> None:
+    import copy
+
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+    original = WrappedTorchNorm.__new__
+
+    def new(cls, config, hidden_size, *args, **kwargs):
+        if not config.sequence_parallel:
+            return original(cls, config, hidden_size, *args, **kwargs)
+        plain = copy.copy(config)  # a shallow copy: TransformerConfig's checks do not run again
+        plain.sequence_parallel = False
+        norm = original(cls, plain, hidden_size, *args, **kwargs)
+        for param in norm.parameters():
+            param.sequence_parallel = True
+        return norm
+
+    WrappedTorchNorm.__new__ = staticmethod(new)
 
 
 def default_backend() -> str:
