@@ -4,7 +4,8 @@ Layout: ``<save>/iter_0000010/`` (a dist_checkpointing directory) and ``<save>/l
 A checkpoint is written to ``iter_XXXXXXX.tmp`` and only renamed into place once every rank finished, and the
 tracker file is replaced atomically after that: a crash mid-save leaves the previous checkpoint as "latest".
 Because the state is sharded by global tensor keys, a checkpoint saved at one TP/PP/VP layout loads at another
-(RNG state is restored only when the layout is the same).
+(RNG state is restored only when the layout is the same). Distributed-optimizer state is stored per DP bucket
+(megatron-core's ``dp_reshardable``): it loads at another DP size, but only at the saved TP/PP layout.
 """
 
 from __future__ import annotations
@@ -193,13 +194,22 @@ def load_checkpoint(model_chunks, optimizer, scheduler, load_dir: str, *, load_o
     model_sd = _model_sharded_state_dicts(model_chunks)
     request = dict(model_sd)
     want_optim = load_optim and not finetune and optimizer is not None and "optimizer" in common
+    same_layout = list(common.get("parallel_layout", [])) == _parallel_layout()
+    saved_optim = common.get("optimizer")
+    if (want_optim and not same_layout and isinstance(saved_optim, dict)
+            and saved_optim.get("param_state_sharding_type") == "dp_reshardable"):
+        from megatron.training.validate import ConfigError
+
+        # megatron-core would fail deep inside the load with a KeyError on a bucket key.
+        raise ConfigError(f"{ckpt} holds distributed-optimizer state, which reshards across data-parallel ranks "
+                          f"only: saved at [TP, PP] {list(common['parallel_layout'])}, loading at "
+                          f"{_parallel_layout()}; load at the saved layout or pass --no-load-optim")
     if want_optim:
         for inner in _inner_optimizers(optimizer):
             if hasattr(inner, "_init_optimizer_states_with_dummy_values"):
                 inner._init_optimizer_states_with_dummy_values()
         request["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=True,
                                                             metadata=_OPTIMIZER_METADATA)
-    same_layout = list(common.get("parallel_layout", [])) == _parallel_layout()
     want_rng = load_rng and not finetune and same_layout
     if want_rng:
         request["rng_state"] = _rng_sharded_object(None)
@@ -211,7 +221,10 @@ def load_checkpoint(model_chunks, optimizer, scheduler, load_dir: str, *, load_o
     if finetune:
         return 0, {}
     if want_optim:
-        optimizer.load_state_dict(loaded["optimizer"])
+        # The distributed optimizer copies into its fp32 shards, which are views of the (grad-requiring)
+        # model params; megatron-core's dp_reshardable load does not disable grad mode itself.
+        with torch.no_grad():
+            optimizer.load_state_dict(loaded["optimizer"])
         _restore_per_param_steps(optimizer)
     if scheduler is not None and "opt_param_scheduler" in common:
         scheduler.load_state_dict(common["opt_param_scheduler"])

@@ -95,6 +95,10 @@ class TrainingFlags:
     lr_warmup_iters: int = _f(0, "Warmup steps (use this or --lr-warmup-fraction).")
     weight_decay: float = _f(0.01, "Decoupled weight decay (AdamW).")
     clip_grad: float = _f(1.0, "Clip the global gradient norm to this (0 = off).")
+    check_for_nan_in_loss_and_grad: bool = _f(
+        True, "Do not stop at a non-finite loss or grad norm. By default such an iteration ends the run with an "
+        "error (exit status 3) before any checkpoint of it is written; with fp16 dynamic loss scaling an "
+        "overflowing grad is a skipped step, not an error.", flag="--no-check-for-nan-in-loss-and-grad")
     adam_beta1: float = _f(0.9, "Adam beta1.")
     adam_beta2: float = _f(0.999, "Adam beta2.")
     adam_eps: float = _f(1e-8, "Adam epsilon.")

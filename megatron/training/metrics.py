@@ -9,7 +9,9 @@ reproduction scripts, benchmarks, tests) read the JSONL metrics file instead, on
   "elapsed_s": ..., "skipped": ..., "nan_iterations": ...}`` per log interval, with the same window averages
   the console line prints;
 - ``{"split": "validation", "iteration": ..., "lm loss": ..., "lm loss PPL": ..., "end_of_training": ...}``
-  per evaluation.
+  per evaluation;
+- ``{"event": "stop", "iteration": ..., "reason": ...}`` when a run is stopped by an error (a non-finite loss
+  or grad norm), right after the train record of that iteration.
 
 Non-finite numbers are written as ``null`` so every line is strict JSON.
 """
@@ -143,10 +145,11 @@ class TrainingLogger:
             if grad_norm is not None:
                 self.writer.add_scalar("grad-norm", grad_norm, iteration)
 
-    def maybe_print(self, iteration: int, lr: float, loss_scale: float):
-        """At every log interval (and the last iteration): one console line and one metrics record."""
+    def maybe_print(self, iteration: int, lr: float, loss_scale: float, force: bool = False):
+        """At every log interval (and the last iteration, or when ``force``d: a run about to stop early): one
+        console line and one metrics record."""
         a = self.args
-        if iteration % a.log_interval != 0 and iteration != a.train_iters:
+        if not force and iteration % a.log_interval != 0 and iteration != a.train_iters:
             return
         now = time.time()
         per_iter = (now - self.window_start) / max(self.window_iters, 1)
@@ -180,6 +183,11 @@ class TrainingLogger:
         self.sums, self.counts = {}, {}
         self.skipped = self.nan_iters = 0
         self.window_start, self.window_iters = now, 0
+
+    def log_stop(self, iteration: int, reason: str):
+        """The metrics record of a run stopped by an error (e.g. a non-finite loss), so programs see why."""
+        if self.metrics is not None:
+            self.metrics.write({"event": "stop", "iteration": iteration, "reason": reason, "time": time.time()})
 
     def log_eval(self, iteration: int, results: Dict[str, float], end_of_training: bool = False):
         """One console block and one metrics record for an evaluation (values and, for losses, PPL)."""

@@ -16,6 +16,7 @@ TensorBoard, the JSONL metrics file and moment logging in ``megatron.training.me
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
@@ -94,8 +95,16 @@ def _print_pipeline_bubble(args) -> None:
                  f"expected bubble {pipeline_bubble_fraction(pp, m, vp):.1%} of a step ({formula}, p={pp}, m={m})")
 
 
+class NonFiniteError(RuntimeError):
+    """Training produced a non-finite loss, grad norm or parameter (``--check-for-nan-in-loss-and-grad``).
+
+    Raised on every rank at the same iteration, before anything of that iteration is saved; :func:`run_main`
+    turns it into one line on stderr and exit status 3."""
+
+
 def run_main(main: Callable[[], None]) -> None:
-    """Run an entry point: configuration/data errors become one line on stderr and exit status 2."""
+    """Run an entry point: configuration/data errors become one line on stderr and exit status 2, a
+    non-finite loss or grad norm exit status 3."""
     from megatron.training.tokenizers import TokenizerError
 
     try:
@@ -103,6 +112,15 @@ def run_main(main: Callable[[], None]) -> None:
     except (ConfigError, TokenizerError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except NonFiniteError as err:
+        # Every rank stops here together (the verdict is agreed), so the groups can be torn down cleanly;
+        # the line is printed once, by the rank that holds the losses.
+        if global_vars.is_last_rank():
+            print(f"error: {err}", file=sys.stderr, flush=True)
+        from megatron.training.initialize import destroy_distributed
+
+        destroy_distributed()
+        sys.exit(3)
     # Tear the process groups down before interpreter exit: leaving gloo's threads to static destructors
     # intermittently aborts the process ("terminate called without an active exception", SIGABRT) after
     # a run that finished fine.
@@ -291,6 +309,52 @@ def evaluate(forward_step, data_iterator, model, num_iters: int, args=None) -> D
     return {k: v / max(done, 1) for k, v in totals.items()}
 
 
+# --------------------------------------------------------------------------------------------- NaN guard
+
+def find_non_finite(losses: Dict[str, float], grad_norm) -> Optional[str]:
+    """What this rank sees non-finite in one step: ``'non-finite loss (lm loss = nan)'``, a grad norm, or None.
+
+    A skipped fp16 step has no grad norm (None): an overflow under dynamic loss scaling is not an error."""
+    for key in sorted(losses):
+        if not math.isfinite(losses[key]):
+            return f"non-finite loss ({key} = {losses[key]})"
+    if grad_norm is not None and not math.isfinite(float(grad_norm)):
+        return f"non-finite grad norm ({float(grad_norm)})"
+    return None
+
+
+def agree_non_finite(problem: Optional[str]) -> Optional[str]:
+    """The verdict of all ranks: losses exist on the last pipeline stage only, and every rank must stop at
+    the same iteration (a rank that stops alone leaves the others waiting in the next collective).
+
+    One max-reduction of a flag per call; the message is exchanged only when some rank found a problem, and
+    the last rank's wins (it holds the losses)."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return problem
+    from megatron.training.device import input_device
+
+    flag = torch.tensor([0.0 if problem is None else 1.0], device=input_device())
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    if flag.item() == 0.0:
+        return None
+    problems: List[Optional[str]] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(problems, problem)
+    return next(p for p in reversed(problems) if p is not None)
+
+
+def last_checkpoint(args) -> str:
+    """The checkpoint a stopped run leaves as latest (under --save, else --load), or 'none'."""
+    for root in (getattr(args, "save", None), getattr(args, "load", None)):
+        if root and checkpointing.read_tracker(root) is not None:
+            return checkpointing.checkpoint_dir(root, checkpointing.read_tracker(root))
+    return "none"
+
+
+def _params_finite(model) -> bool:
+    params = [p.detach() for chunk in model for p in chunk.parameters()]
+    return not params or bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
+
+
 # --------------------------------------------------------------------------------------------- loop
 
 def train(forward_step, model, optimizer, scheduler, train_iterator, valid_iterator, args=None,
@@ -306,16 +370,34 @@ def train(forward_step, model, optimizer, scheduler, train_iterator, valid_itera
     iteration = args.iteration
     for chunk in model:
         chunk.train()
+    try:
+        iteration = _train_loop(forward_step, model, optimizer, scheduler, train_iterator, valid_iterator, args,
+                                logger, moments, param_gather, iteration)
+    finally:
+        moments.close()
+        if own_logger:
+            logger.close()
+    return iteration
+
+
+def _train_loop(forward_step, model, optimizer, scheduler, train_iterator, valid_iterator, args, logger, moments,
+                param_gather, iteration) -> int:
+    check = getattr(args, "check_for_nan_in_loss_and_grad", False)
     while iteration < args.train_iters:
         moments.before(iteration + 1)
         losses, skipped, grad_norm = train_step(forward_step, train_iterator, model, optimizer, scheduler, args)
         iteration += 1
-        if not skipped:
+        problem = agree_non_finite(find_non_finite(losses, grad_norm)) if check else None
+        if not skipped and problem is None:
             param_gather.enable()
         moments.after(iteration)
         lr = optimizer.param_groups[0]["lr"]
         logger.record(iteration, losses, skipped, grad_norm, lr)
-        logger.maybe_print(iteration, lr, optimizer.get_loss_scale().item())
+        logger.maybe_print(iteration, lr, optimizer.get_loss_scale().item(), force=problem is not None)
+        if problem is not None:  # before this iteration's evaluation and save
+            message = f"{problem} at iteration {iteration}; last checkpoint: {last_checkpoint(args)}"
+            logger.log_stop(iteration, message)
+            raise NonFiniteError(message)
         if args.eval_iters and valid_iterator is not None and iteration % args.eval_interval == 0:
             with param_gather.paused():
                 logger.log_eval(iteration, evaluate(forward_step, valid_iterator, model, args.eval_iters, args))
@@ -326,9 +408,6 @@ def train(forward_step, model, optimizer, scheduler, train_iterator, valid_itera
             print_rank_0(f"> exiting at iteration {iteration} (--exit-interval)")
             break
     param_gather.disable()  # the last step's params are gathered before a final evaluation or save
-    moments.close()
-    if own_logger:
-        logger.close()
     return iteration
 
 
@@ -371,6 +450,11 @@ class ParamGatherHooks:
 
 
 def save(iteration, model, optimizer, scheduler, args):
+    """Save a checkpoint; under --check-for-nan-in-loss-and-grad never one with a non-finite parameter."""
+    if getattr(args, "check_for_nan_in_loss_and_grad", False):
+        problem = agree_non_finite(None if _params_finite(model) else "non-finite parameters")
+        if problem is not None:
+            raise NonFiniteError(f"{problem} at iteration {iteration}; last checkpoint: {last_checkpoint(args)}")
     t0 = time.time()
     path = checkpointing.save_checkpoint(iteration, model, optimizer, scheduler, args.save, args=args)
     print_rank_0(f"> saved checkpoint {path} in {time.time() - t0:.1f}s")
