@@ -7,7 +7,7 @@ a model class, a DDP wrapper or an optimizer and never imports a path directly, 
 stock value (``--attention-backend local --linear-impl megatron --grad-buffer-impl megatron
 --mlm-head-positions all``) gives stock megatron-core code.
 
-Model paths go in at construction: through the layer spec (:func:`gpt_layer_spec`, :func:`bert_layer_spec`)
+Model paths go in at construction: through the layer spec (:func:`layer_spec`)
 or as the model class (:func:`bert_model_class`). The one exception is the ``F.linear`` class of the output
 layer, which megatron-core builds inline (:func:`apply_to_model`).
 
@@ -98,7 +98,13 @@ def install_process_wide(force_cpu: bool = False) -> List[str]:
     return applied
 
 
-def _layer_spec(spec, options: SpeedOptions):
+def layer_spec(spec, options: SpeedOptions = STOCK):
+    """A local GPT or BERT layer spec with the SDPA core and the ``F.linear`` qkv/proj/fc1/fc2 put in where asked.
+
+    ``spec`` itself is never modified; with :data:`STOCK` it is returned as it is. A BERT spec with the SDPA
+    core must be built with :func:`bert_model_class` of the same ``options`` (``BertModel`` accepts that core
+    only through :class:`~.sdpa_attention.SDPABertModel`).
+    """
     if options.sdpa_attention:
         from megatron.perf.sdpa_attention import with_sdpa_core_attention
 
@@ -108,22 +114,6 @@ def _layer_spec(spec, options: SpeedOptions):
 
         spec = with_torch_linears(spec)
     return spec
-
-
-def gpt_layer_spec(spec, options: SpeedOptions = STOCK):
-    """A local GPT layer spec with the SDPA core and the ``F.linear`` qkv/proj/fc1/fc2 put in where asked.
-
-    ``spec`` itself is never modified; with :data:`STOCK` it is returned as it is.
-    """
-    return _layer_spec(spec, options)
-
-
-def bert_layer_spec(spec, options: SpeedOptions = STOCK):
-    """The same for a local BERT layer spec; build it with :func:`bert_model_class` of the same ``options``.
-
-    (``BertModel`` accepts the SDPA core only through :class:`~.sdpa_attention.SDPABertModel`.)
-    """
-    return _layer_spec(spec, options)
 
 
 def bert_model_class(options: SpeedOptions = STOCK) -> type:
@@ -163,7 +153,7 @@ def apply_to_model(model, options: SpeedOptions = STOCK):
 
     megatron-core's ``GPTModel`` and ``BertModel`` build their ``output_layer`` inline, so
     :func:`~.torch_linear.use_torch_linears` changes its class after construction; every other path goes in
-    at construction (:func:`gpt_layer_spec`, :func:`bert_layer_spec`, :func:`bert_model_class`).
+    at construction (:func:`layer_spec`, :func:`bert_model_class`).
     """
     if options.torch_linear:
         from megatron.perf.torch_linear import use_torch_linears

@@ -44,20 +44,28 @@ def _offloading(config) -> bool:
     return ctx is not None and getattr(ctx, "inside_context", False)
 
 
-class TorchColumnParallelLinear(ColumnParallelLinear):
-    """``ColumnParallelLinear`` that runs ``F.linear`` (bias folded when allowed) on its communication-free path."""
+class _DecidesPathOnce:
+    """Mixin: decide once, from the built layer, whether it takes the ``F.linear`` path or megatron's."""
 
-    feeds_bias_activation = False  # the MLP's fc1: megatron may fuse this layer's bias with the activation
     _torch_path: bool = False
-    _fold_bias: bool = False
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._choose_path()
 
     def _choose_path(self) -> None:
-        """Decide once, from the built layer: fast path or megatron's, and whether the bias goes in the GEMM."""
         self._torch_path = _torch_path_possible(self)
+
+
+class TorchColumnParallelLinear(_DecidesPathOnce, ColumnParallelLinear):
+    """``ColumnParallelLinear`` that runs ``F.linear`` (bias folded when allowed) on its communication-free path."""
+
+    feeds_bias_activation = False  # the MLP's fc1: megatron may fuse this layer's bias with the activation
+    _fold_bias: bool = False
+
+    def _choose_path(self) -> None:
+        """Also whether the bias goes in the GEMM (not where megatron fuses it with the activation)."""
+        super()._choose_path()
         self._fold_bias = not (self.feeds_bias_activation and self.config.bias_activation_fusion)
 
     def forward(self, input_: torch.Tensor, weight: Optional[torch.Tensor] = None,
@@ -81,17 +89,8 @@ class TorchMLPInputLinear(TorchColumnParallelLinear):
     feeds_bias_activation = True
 
 
-class TorchRowParallelLinear(RowParallelLinear):
+class TorchRowParallelLinear(_DecidesPathOnce, RowParallelLinear):
     """``RowParallelLinear`` that runs ``F.linear`` with the bias folded in on its communication-free path."""
-
-    _torch_path: bool = False
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._choose_path()
-
-    def _choose_path(self) -> None:
-        self._torch_path = _torch_path_possible(self)
 
     def forward(self, input_: torch.Tensor):
         if not self._torch_path or not self.input_is_parallel or _offloading(self.config):

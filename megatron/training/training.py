@@ -107,6 +107,9 @@ def run_main(main: Callable[[], None]) -> None:
     non-finite loss or grad norm exit status 3."""
     from megatron.training.tokenizers import TokenizerError
 
+    from megatron.training.initialize import destroy_distributed
+
+    status = 0
     try:
         main()
     except (ConfigError, TokenizerError, FileNotFoundError) as err:
@@ -117,16 +120,13 @@ def run_main(main: Callable[[], None]) -> None:
         # the line is printed once, by the rank that holds the losses.
         if global_vars.is_last_rank():
             print(f"error: {err}", file=sys.stderr, flush=True)
-        from megatron.training.initialize import destroy_distributed
-
-        destroy_distributed()
-        sys.exit(3)
+        status = 3
     # Tear the process groups down before interpreter exit: leaving gloo's threads to static destructors
     # intermittently aborts the process ("terminate called without an active exception", SIGABRT) after
     # a run that finished fine.
-    from megatron.training.initialize import destroy_distributed
-
     destroy_distributed()
+    if status:
+        sys.exit(status)
 
 
 def get_optimizer_config(args):
@@ -345,8 +345,9 @@ def agree_non_finite(problem: Optional[str]) -> Optional[str]:
 def last_checkpoint(args) -> str:
     """The checkpoint a stopped run leaves as latest (under --save, else --load), or 'none'."""
     for root in (getattr(args, "save", None), getattr(args, "load", None)):
-        if root and checkpointing.read_tracker(root) is not None:
-            return checkpointing.checkpoint_dir(root, checkpointing.read_tracker(root))
+        iteration = checkpointing.read_tracker(root) if root else None
+        if iteration is not None:
+            return checkpointing.checkpoint_dir(root, iteration)
     return "none"
 
 

@@ -243,8 +243,8 @@ def test_layer_specs_carry_the_paths_and_leave_the_input_alone():
     from megatron.perf.torch_linear import (TorchColumnParallelLinear, TorchMLPInputLinear,
                                                      TorchRowParallelLinear)
 
-    for make, base in ((perf.gpt_layer_spec, get_gpt_layer_local_spec()),
-                       (perf.bert_layer_spec, bert_layer_local_spec)):
+    for make, base in ((perf.layer_spec, get_gpt_layer_local_spec()),
+                       (perf.layer_spec, bert_layer_local_spec)):
         assert make(base, STOCK) is base
         both = make(base, SpeedOptions(sdpa_attention=True, torch_linear=True))
         attn, mlp = both.submodules.self_attention.submodules, both.submodules.mlp.submodules

@@ -175,25 +175,25 @@ def get_dslm_gpt_layer_spec(table: InitTable, post_ln: bool = False, speed=None)
     """GPT layer spec with λ/β residual scaling from ``table`` (Post-LN if ``post_ln``).
 
     Base: megatron-core's local spec (Transformer Engine's spec is not used). ``speed`` may put the speed
-    paths' core attention and linears in (:func:`megatron.perf.gpt_layer_spec`).
+    paths' core attention and linears in (:func:`megatron.perf.layer_spec`).
     """
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron import perf
 
-    base = perf.gpt_layer_spec(get_gpt_layer_local_spec(), speed or perf.STOCK)
+    base = perf.layer_spec(get_gpt_layer_local_spec(), speed or perf.STOCK)
     return _dslm_layer_spec(base, table, post_ln)
 
 
 def get_dslm_bert_layer_spec(table: InitTable, post_ln: bool = False, speed=None) -> ModuleSpec:
     """BERT (padding-mask) layer spec with λ/β residual scaling from ``table`` (Post-LN if ``post_ln``).
 
-    ``speed`` may put the speed paths' core attention and linears in (:func:`megatron.perf.bert_layer_spec`;
+    ``speed`` may put the speed paths' core attention and linears in (:func:`megatron.perf.layer_spec`;
     the model class must then come from :func:`megatron.perf.bert_model_class`).
     """
     from megatron.core.models.bert.bert_layer_specs import bert_layer_local_spec
     from megatron import perf
 
-    return _dslm_layer_spec(perf.bert_layer_spec(bert_layer_local_spec, speed or perf.STOCK), table, post_ln)
+    return _dslm_layer_spec(perf.layer_spec(bert_layer_local_spec, speed or perf.STOCK), table, post_ln)
 
 
 def get_dslm_block_spec(config: TransformerConfig, layer_spec: ModuleSpec,
