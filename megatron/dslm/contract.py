@@ -38,7 +38,18 @@ class ModelArch:
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
     post_ln: bool = False
-    activation: str = "gelu"  # "gelu" | "relu"
+    activation: str = "gelu"  # "gelu" | "relu" | "silu" (silu only as the gate of a GLU)
+    # Today's decoder shape (upstream flag in brackets). A gated FFN computes act(x W_gate) * (x W_up) W_down;
+    # SwiGLU is gated + silu [--swiglu], GeGLU gated + gelu.
+    gated_linear_unit: bool = False
+    normalization: str = "LayerNorm"  # "LayerNorm" | "RMSNorm" [--normalization]
+    position_embedding_type: str = "learned_absolute"  # "learned_absolute" | "rope" | "none"
+    rotary_base: float = 10000.0  # [--rotary-base]
+    rotary_percent: float = 1.0  # [--rotary-percent]
+    num_query_groups: Optional[int] = None  # None -> num_attention_heads (no GQA) [--num-query-groups]
+    add_bias_linear: bool = True  # False with [--disable-bias-linear]
+    untie_embeddings_and_output_weights: bool = False  # [--untie-embeddings-and-output-weights]
+    qk_layernorm: bool = False  # [--qk-layernorm]
     # Token correlation r0 of the summed embedding output *before* dropout; measure it on your corpus with
     # `python -m megatron.dslm.estimate_corr` (docs/theory.md, "Embedding correlation r0").
     embedding_corr: float = DEFAULT_EMBEDDING_CORR
@@ -51,7 +62,16 @@ class ModelArch:
 
     @property
     def ffn_size(self) -> int:
-        return self.ffn_hidden_size or 4 * self.hidden_size
+        """Width of the FFN's hidden layer (one half of fc1 for a gated FFN), sized as upstream sizes it."""
+        if self.ffn_hidden_size:
+            return self.ffn_hidden_size
+        if self.gated_linear_unit:  # upstream --swiglu: 2/3 of 4h, rounded down to a multiple of 64
+            return max(64, int(4 * self.hidden_size * 2 / 3) // 64 * 64)
+        return 4 * self.hidden_size
+
+    @property
+    def query_groups(self) -> int:
+        return self.num_query_groups or self.num_attention_heads
 
     @property
     def head_dim(self) -> int:
@@ -59,8 +79,9 @@ class ModelArch:
 
     @property
     def num_embedding_tables(self) -> int:
-        """word + position (+ token type for BERT)."""
-        return 2 + (1 if self.num_tokentypes > 0 else 0)
+        """word + learned position (+ token type for BERT); RoPE and "none" have no position table."""
+        positions = 1 if self.position_embedding_type == "learned_absolute" else 0
+        return 1 + positions + (1 if self.num_tokentypes > 0 else 0)
 
 
 @dataclass(frozen=True)
@@ -76,12 +97,13 @@ class LayerInit:
     key_std: float
     value_std: float
     attn_proj_std: float  # attention output projection (linear_proj)
-    fc1_std: float
+    fc1_std: float  # fc1, or for a gated FFN its linear ("up") half
     fc2_std: float
     attn_lambda: float = 1.0
     attn_beta: float = 1.0
     mlp_lambda: float = 1.0
     mlp_beta: float = 1.0
+    gate_std: Optional[float] = None  # gated FFNs only: the gate half of fc1 (None -> fc1_std)
 
 
 @dataclass(frozen=True)
@@ -103,6 +125,8 @@ class InitTable:
     notes: Tuple[str, ...] = field(default_factory=tuple)
     # The norm placement the table was built for (None: unknown, e.g. hand-built); the model builders check it.
     post_ln: Optional[bool] = None
+    # Untied models only: the output layer's std (None -> word_embedding_std).
+    output_layer_std: Optional[float] = None
 
     def layer(self, layer_number: int) -> LayerInit:
         return self.layers[layer_number - 1]
