@@ -14,7 +14,7 @@ def model_provider(pre_process=True, post_process=True, config=None, vp_stage=No
     ``vp_stage``: the model chunk to build under the interleaved pipeline (None otherwise)."""
     from megatron.dslm.mcore.models import build_gpt_model
     from megatron.training import get_args
-    from megatron.training.model_setup import init_table_from_args
+    from megatron.training.model_setup import gpt_model_kwargs, init_table_from_args
     from megatron.perf import SpeedOptions
 
     args = get_args()
@@ -22,8 +22,7 @@ def model_provider(pre_process=True, post_process=True, config=None, vp_stage=No
     return build_gpt_model(
         config, table, vocab_size=args.padded_vocab_size, max_sequence_length=args.max_position_embeddings,
         pre_process=pre_process, post_process=post_process,
-        seed=args.seed,
-        share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
+        seed=args.seed, **gpt_model_kwargs(args),
         speed=SpeedOptions.from_args(args), vp_stage=vp_stage)
 
 

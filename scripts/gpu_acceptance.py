@@ -359,14 +359,14 @@ def moments_row(cfg: Config) -> Callable[[Row], str]:
             raise CheckFailed(f"{path.name} not written")
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         numbers = sorted(r["layer"] for r in records)
-        if {r["iteration"] for r in records} != {steps}:
-            raise CheckFailed(f"iterations {sorted({r['iteration'] for r in records})} != [{steps}]")
+        if {r["iteration"] for r in records} != {0}:  # step 1 (before any update) is iteration 0
+            raise CheckFailed(f"iterations {sorted({r['iteration'] for r in records})} != [0]")
         if len(set(numbers)) != len(numbers) or not set(range(1, layers + 1)) <= set(numbers):
             raise CheckFailed(f"layers {numbers} are not one record per layer 1..{layers}")
         bad = [r["layer"] for r in records if not all(math.isfinite(v) for v in r.values())]
         if bad:
             raise CheckFailed(f"non-finite moments at layers {bad}")
-        return f"{len(records)} records, one per layer {numbers[0]}..{numbers[-1]}, at iteration {steps}"
+        return f"{len(records)} records, one per layer {numbers[0]}..{numbers[-1]}, at iteration 0"
     return check
 
 

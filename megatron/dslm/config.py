@@ -159,6 +159,7 @@ def model_arch(values, **overrides) -> ModelArch:
     num_tokentypes = get("num_tokentypes")
     embedding_corr = get("embedding_corr")
     vocab_size = get("vocab_size")
+    shape = decoder_shape(values)
     return ModelArch(
         num_layers=get("num_layers"),
         hidden_size=get("hidden_size"),
@@ -172,11 +173,38 @@ def model_arch(values, **overrides) -> ModelArch:
         hidden_dropout=get("hidden_dropout"),
         attention_dropout=get("attention_dropout"),
         post_ln=bool(get("apply_residual_connection_post_layernorm")),
-        activation=get("activation"),
+        activation=shape.pop("activation", get("activation")),
         embedding_corr=DEFAULT_EMBEDDING_CORR if embedding_corr is None else embedding_corr,
         dslm_k=get("dslm_k"),
         residual_lambda_sq=get("residual_lambda_sq"),
         residual_beta_sq=get("residual_beta_sq"),
         allow_unnormalized_residual=bool(get("allow_unnormalized_residual")),
         init_method_std=get("init_method_std"),
+        **shape,
     )
+
+
+def decoder_shape(values) -> dict:
+    """ModelArch's decoder-shape fields from training's upstream-named flags (``--swiglu``, ``--normalization``,
+    ``--position-embedding-type``, ``--group-query-attention``, ...); a namespace without them (the theory CLIs,
+    a DSLMConfig) gets the 2019 transformer, ModelArch's defaults."""
+
+    def get(name, default):
+        value = getattr(values, name, None)
+        return default if value is None else value
+
+    swiglu = bool(get("swiglu", False))
+    shape = dict(
+        gated_linear_unit=swiglu,
+        normalization=get("normalization", ModelArch.normalization),
+        position_embedding_type=get("position_embedding_type", ModelArch.position_embedding_type),
+        rotary_base=float(get("rotary_base", ModelArch.rotary_base)),
+        rotary_percent=float(get("rotary_percent", ModelArch.rotary_percent)),
+        num_query_groups=get("num_query_groups", None) if get("group_query_attention", False) else None,
+        add_bias_linear=bool(get("add_bias_linear", True)),
+        untie_embeddings_and_output_weights=bool(get("untie_embeddings_and_output_weights", False)),
+        qk_layernorm=bool(get("qk_layernorm", False)),
+    )
+    if swiglu:
+        shape["activation"] = "silu"
+    return shape

@@ -14,8 +14,9 @@ from typing import Callable, Dict, List, Tuple
 import numpy as np
 import torch
 
-from .theory import activations, attention, blocks, layers
+from .theory import activations, attention, blocks, gated, layers, output_layer, rmsnorm
 from .theory.moments import GradMoments, Moments
+from .theory.rotary import Rotary, rotary_logit_corr
 
 # Reference percentiles (50/90/99, %) of |predicted - measured| / |measured| (docs/theory.md,
 # "Monte-Carlo verification"); None where the reference reports none.
@@ -206,6 +207,135 @@ def case_mha(cfg, gen):
     return {k: (pred[k], measured[k]) for k in ("var", "cov", "grad_var")}
 
 
+def case_rmsnorm(cfg, gen):
+    shape = (cfg["batch"], cfg["length"], cfg["width"])
+    x = correlated_normal(gen, shape, cfg["mean"], cfg["std"], cfg["corr"]).requires_grad_(True)
+    g = correlated_normal(gen, shape, 0.0, cfg["grad_std"], cfg["grad_corr"])
+    out = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True)) * cfg["gamma"]
+    measured = _measure(out, x, g)
+    xm = Moments(cfg["mean"], cfg["std"] ** 2, cfg["corr"])
+    gm = GradMoments(cfg["grad_std"] ** 2, cfg["grad_corr"])
+    fwd = rmsnorm.rmsnorm(xm, cfg["width"], cfg["gamma"])
+    pred = _predicted(fwd, rmsnorm.rmsnorm_backward(gm, xm, cfg["width"], cfg["gamma"]))
+    keys = ("mean", "var", "cov", "grad_var", "grad_cov") if cfg["mean"] else ("var", "cov", "grad_var", "grad_cov")
+    return {k: (pred[k], measured[k]) for k in keys}
+
+
+def _case_gated(activation_name):
+    act = torch.nn.functional.silu if activation_name == "silu" else torch.nn.functional.gelu
+
+    def case(cfg, gen):
+        b, n, d, f = cfg["batch"], cfg["length"], cfg["d"], cfg["ffn"]
+        x = correlated_normal(gen, (b, n, d), 0.0, cfg["std"], cfg["corr"])
+        # Per-token normalised at the given std, as the block's norm hands it over (theory.gated).
+        x = (x * cfg["std"] * torch.rsqrt(x.pow(2).mean(-1, keepdim=True))).requires_grad_(True)
+        w_gate = torch.randn(b, d, f, generator=gen) * cfg["gate_std"]
+        w_up = torch.randn(b, d, f, generator=gen) * cfg["up_std"]
+        w_down = torch.randn(b, f, d, generator=gen) * cfg["down_std"]
+        g = correlated_normal(gen, (b, n, d), 0.0, cfg["grad_std"], cfg["grad_corr"])
+        measured = _measure((act(x @ w_gate) * (x @ w_up)) @ w_down, x, g)
+        xm = Moments(0.0, cfg["std"] ** 2, cfg["corr"])
+        gm = GradMoments(cfg["grad_std"] ** 2, cfg["grad_corr"])
+        spec = gated.GatedFFN(d, f, cfg["gate_std"], cfg["up_std"], cfg["down_std"], activation_name)
+        pred = _predicted(gated.gated_ffn(xm, spec), gated.gated_ffn_backward(gm, xm, spec))
+        return {k: (pred[k], measured[k]) for k in ("var", "cov", "grad_var", "grad_cov")}
+
+    return case
+
+
+def apply_rotary(t: torch.Tensor, rotary: Rotary) -> torch.Tensor:
+    """megatron-core's rotate-half RoPE on (..., tokens, head_dim) at positions 0..tokens-1."""
+    freqs = torch.tensor(rotary.frequencies(), dtype=t.dtype)
+    half = freqs.numel()
+    if half == 0:
+        return t
+    angles = torch.arange(t.shape[-2], dtype=t.dtype)[:, None] * freqs[None, :]
+    cos, sin = torch.cos(angles).repeat(1, 2), torch.sin(angles).repeat(1, 2)
+    rot, rest = t[..., : 2 * half], t[..., 2 * half:]
+    turned = torch.cat([-rot[..., half:], rot[..., :half]], dim=-1)
+    return torch.cat([rot * cos + turned * sin, rest], dim=-1)
+
+
+def case_rope_sha(cfg, gen):
+    b, n, d, dk = cfg["batch"], cfg["length"], cfg["d"], cfg["head_dim"]
+    rotary = Rotary(dk, cfg["base"], cfg["percent"])
+    x = correlated_normal(gen, (b, n, d), 0.0, cfg["std"], cfg["corr"]).requires_grad_(True)
+    wq = torch.randn(b, d, dk, generator=gen) * cfg["qk_std"]
+    wk = torch.randn(b, d, dk, generator=gen) * cfg["qk_std"]
+    wv = torch.randn(b, d, dk, generator=gen) * cfg["value_std"]
+    q, k = apply_rotary(x @ wq, rotary), apply_rotary(x @ wk, rotary)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(dk)
+    if cfg["causal"]:
+        scores = scores.masked_fill(torch.triu(torch.ones(n, n, dtype=torch.bool), 1), float("-inf"))
+    last_row = scores.detach()[:, -1, :]  # every key visible, also when causal
+    logit_var = float(last_row.var())
+    lag = 4
+    centred = last_row - last_row.mean()
+    logit_corr = float((centred[:, :-lag] * centred[:, lag:]).mean()) / logit_var
+    out = torch.softmax(scores, -1) @ (x @ wv)
+    g = correlated_normal(gen, (b, n, dk), 0.0, cfg["grad_std"], cfg["grad_corr"])
+    measured = _measure(out, x, g)
+    xm = Moments(0.0, cfg["std"] ** 2, cfg["corr"])
+    gm = GradMoments(cfg["grad_std"] ** 2, cfg["grad_corr"])
+    args = (d, cfg["qk_std"], cfg["qk_std"], cfg["value_std"], n, 0.0, cfg["causal"])
+    fwd = attention.single_head_attention(xm, *args)
+    bwd = attention.single_head_attention_backward(gm, xm, d, dk, *args[1:], rotary=rotary)
+    pred = _predicted(fwd, bwd)
+    result = {k: (pred[k], measured[k]) for k in ("var", "cov", "grad_var")}
+    result["logit_var"] = (attention.attention_logit_var(xm, d, cfg["qk_std"], cfg["qk_std"]), logit_var)
+    result["logit_corr_lag4"] = (float(rotary_logit_corr(cfg["corr"], lag, rotary)), logit_corr)
+    return result
+
+
+def case_gqa(cfg, gen):
+    b, n, d, heads, groups = cfg["batch"], cfg["length"], cfg["d"], cfg["heads"], cfg["groups"]
+    head_dim = d // heads
+    x = correlated_normal(gen, (b, n, d), 0.0, cfg["std"], cfg["corr"]).requires_grad_(True)
+    wq = torch.randn(b, d, d, generator=gen) * cfg["query_std"]
+    wk = torch.randn(b, d, groups * head_dim, generator=gen) * cfg["key_std"]
+    wv = torch.randn(b, d, groups * head_dim, generator=gen) * cfg["value_std"]
+    wo = torch.randn(b, d, d, generator=gen) * cfg["out_std"]
+
+    def split(t, count):  # (b, n, count*hd) -> (b, heads, n, hd), each K/V group repeated for its heads
+        t = t.view(b, n, count, head_dim).transpose(1, 2)
+        return t.repeat_interleave(heads // count, dim=1)
+
+    scores = split(x @ wq, heads) @ split(x @ wk, groups).transpose(-1, -2) / math.sqrt(head_dim)
+    if cfg["causal"]:
+        scores = scores.masked_fill(torch.triu(torch.ones(n, n, dtype=torch.bool), 1), float("-inf"))
+    out = (torch.softmax(scores, -1) @ split(x @ wv, groups)).transpose(1, 2).reshape(b, n, d) @ wo
+    g = correlated_normal(gen, (b, n, d), 0.0, cfg["grad_std"], cfg["grad_corr"])
+    measured = _measure(out, x, g)
+    xm = Moments(0.0, cfg["std"] ** 2, cfg["corr"])
+    gm = GradMoments(cfg["grad_std"] ** 2, cfg["grad_corr"])
+    spec = attention.AttentionConfig(d, heads, head_dim, cfg["query_std"], cfg["key_std"], cfg["value_std"],
+                                     cfg["out_std"], n, 0.0, cfg["causal"], num_query_groups=groups)
+    pred = _predicted(attention.multi_head_attention(xm, spec), attention.multi_head_attention_backward(gm, xm, spec))
+    return {k: (pred[k], measured[k]) for k in ("var", "cov", "grad_var")}
+
+
+def case_output_layer(cfg, gen):
+    """Untied output layer with logit scale, token-summed cross-entropy on targets drawn uniformly from
+    1 / collision words (so two tokens share a target with probability ``collision``)."""
+    b, n, d, v = cfg["batch"], cfg["length"], cfg["d"], cfg["vocab"]
+    h = correlated_normal(gen, (b, n, d), 0.0, cfg["std"], cfg["corr"]).requires_grad_(True)
+    w = torch.randn(b, v, d, generator=gen) * cfg["weight_std"]
+    logits = cfg["scale"] * h @ w.transpose(-1, -2)
+    words = max(1, round(1.0 / cfg["collision"]))
+    targets = torch.randint(0, words, (b, n), generator=gen)
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, v), targets.reshape(-1), reduction="sum")
+    loss.backward()
+    hm = Moments(0.0, cfg["std"] ** 2, cfg["corr"])
+    z = output_layer.output_logits(hm, d, cfg["weight_std"], cfg["scale"])
+    g = output_layer.cross_entropy_backward(z, v, cfg["weight_std"], cfg["scale"], 1.0 / words)
+    return {
+        "logit_var": (z.var, float(logits.detach().var())),
+        "logit_cov": (z.cov, token_cov(logits.detach(), 0.0)),
+        "grad_var": (g.var, float(h.grad.pow(2).mean())),
+        "grad_cov": (g.cov, token_cov(h.grad, 0.0)),
+    }
+
+
 # ---- sweeps: random configurations in the reference's ranges, sized for one CPU core ----
 
 
@@ -273,6 +403,48 @@ def sweep_mha(rng):
                 grad_std=float(rng.uniform(0.5, 2)), grad_corr=float(rng.uniform(0, 0.8)))
 
 
+def sweep_rmsnorm(rng):
+    mean = float(rng.uniform(-1, 1)) if rng.integers(2) else 0.0
+    return dict(batch=1024, length=16, width=int(_pick(rng, [128, 256, 512])), mean=mean,
+                std=float(rng.uniform(0.2, 3)), corr=float(rng.uniform(0, 0.9)), gamma=float(rng.uniform(0.5, 2)),
+                grad_std=float(rng.uniform(0.2, 2)), grad_corr=float(rng.uniform(0, 0.9)))
+
+
+def sweep_gated(rng):
+    d = int(_pick(rng, [64, 128]))
+    f = int(_pick(rng, [2, 8 / 3, 4]) * d) // 8 * 8
+    return dict(batch=30000 // d, length=8, d=d, ffn=f, std=float(rng.uniform(0.5, 2)), corr=float(rng.uniform(0, 0.9)),
+                gate_std=float(rng.uniform(0.3, 2)) / math.sqrt(d), up_std=float(rng.uniform(0.5, 2)) / math.sqrt(d),
+                down_std=float(rng.uniform(0.5, 2)) / math.sqrt(f),
+                grad_std=float(rng.uniform(0.5, 2)), grad_corr=float(rng.uniform(0, 0.8)))
+
+
+def sweep_rope_sha(rng):
+    d, head_dim = int(_pick(rng, [64, 128])), int(_pick(rng, [16, 32, 64]))
+    return dict(batch=20000 // head_dim, length=int(_pick(rng, [32, 64, 128])), d=d, head_dim=head_dim,
+                std=float(rng.uniform(0.5, 1.2)), corr=float(rng.uniform(0, 0.9)),
+                qk_std=float(rng.uniform(0.2, 1.0)) / math.sqrt(d), value_std=float(rng.uniform(0.5, 2)) / math.sqrt(d),
+                base=float(_pick(rng, [100.0, 10000.0, 500000.0])), percent=float(_pick(rng, [1.0, 0.5])),
+                causal=bool(rng.integers(2)), grad_std=float(rng.uniform(0.5, 2)), grad_corr=float(rng.uniform(0, 0.8)))
+
+
+def sweep_gqa(rng):
+    d = int(_pick(rng, [64, 128]))
+    heads = int(_pick(rng, [4, 8]))
+    return dict(batch=20000 // d, length=int(_pick(rng, [16, 32])), d=d, heads=heads,
+                groups=int(_pick(rng, [1, 2, heads // 2])), std=float(rng.uniform(0.5, 1.2)), corr=float(rng.uniform(0, 0.9)),
+                query_std=float(rng.uniform(0.2, 1.0)) / math.sqrt(d), key_std=float(rng.uniform(0.2, 1.0)) / math.sqrt(d),
+                value_std=float(rng.uniform(0.5, 2)) / math.sqrt(d), out_std=float(rng.uniform(0.5, 2)) / math.sqrt(d),
+                causal=bool(rng.integers(2)), grad_std=float(rng.uniform(0.5, 2)), grad_corr=float(rng.uniform(0, 0.8)))
+
+
+def sweep_output_layer(rng):
+    d = int(_pick(rng, [64, 128]))
+    return dict(batch=24, length=32, d=d, vocab=int(_pick(rng, [256, 1024, 4096])), std=1.0,
+                corr=float(rng.uniform(0, 0.6)), weight_std=float(rng.uniform(0.3, 1.2)) / math.sqrt(d),
+                scale=float(rng.uniform(0.5, 1.5)), collision=float(_pick(rng, [0.01, 0.05, 0.2])))
+
+
 COMPONENTS: Dict[str, Tuple[Callable, Callable, int, int]] = {
     # name: (sweep, case, full-run configurations, quick configurations)
     "linear": (sweep_linear, case_linear, 100, 12),
@@ -284,6 +456,13 @@ COMPONENTS: Dict[str, Tuple[Callable, Callable, int, int]] = {
     "sha": (sweep_sha, case_sha, 100, 12),
     "ffn": (sweep_ffn, case_ffn, 50, 8),
     "mha": (sweep_mha, case_mha, 50, 8),
+    # Today's decoder block (docs/theory.md, "Today's decoder block")
+    "rmsnorm": (sweep_rmsnorm, case_rmsnorm, 100, 12),
+    "swiglu": (sweep_gated, _case_gated("silu"), 50, 8),
+    "geglu": (sweep_gated, _case_gated("gelu"), 50, 8),
+    "rope_sha": (sweep_rope_sha, case_rope_sha, 100, 12),
+    "gqa": (sweep_gqa, case_gqa, 50, 8),
+    "output_layer": (sweep_output_layer, case_output_layer, 50, 8),
 }
 
 

@@ -1,12 +1,15 @@
 """Draw per-layer moment profiles from a ``--moments-file`` JSONL, with the theory predictor overlaid.
 
-    python -m megatron.dslm.plot_moments --moments-file runs/x/moments.jsonl --iteration 1 --out runs/x/moments.png \
-        --num-layers 48 --hidden-size 128 --num-attention-heads 4 --seq-length 128 --init-scheme dslm
+    python -m megatron.dslm.plot_moments --moments-file runs/x/moments.jsonl --iterations 0,100,200 \
+        --out runs/x/moments.png --num-layers 48 --hidden-size 128 --num-attention-heads 4 --seq-length 128 \
+        --init-scheme dslm
 
-One panel per quantity (forward_var, forward_corr, grad_var, pre_norm_var for Post-LN). The predicted line is
-drawn when the model flags are given (training's flags, ``megatron.dslm.config``; or
-``--overlay-config`` names a JSON file with ModelArch fields plus ``"init_scheme"``); the predicted gradient
-variance is scaled to the measured one at the top layer (the predictor's profile is linear in it).
+One panel per quantity (forward_var, forward_corr, grad_var, pre_norm_var for Post-LN), one line per iteration
+(default: iteration 0, the init profile, and the last one in the file). The theory predicts the init profile, so
+its line is the prediction for iteration 0; it is drawn when the model flags are given (training's flags,
+``megatron.dslm.config``; or ``--overlay-config`` names a JSON file with ModelArch fields plus
+``"init_scheme"``). The predicted gradient variance is scaled to the measured one at the top layer of the
+earliest iteration shown (the predictor's profile is linear in it).
 """
 
 from __future__ import annotations
@@ -41,6 +44,33 @@ def read_records(path: str, iteration: Optional[int] = None) -> List[dict]:
     return [chosen[k] for k in sorted(chosen)]
 
 
+def read_iterations(path: str, iterations: Optional[List[int]] = None) -> Dict[int, List[dict]]:
+    """{iteration: records sorted by layer}; default iteration 0 (when logged) and the last one."""
+    if iterations is None:
+        last = read_records(path)
+        present = _iterations_present(path)
+        iterations = sorted({min(present), last[0]["iteration"]}) if 0 in present else [last[0]["iteration"]]
+    return {it: read_records(path, it) for it in iterations}
+
+
+def _iterations_present(path: str) -> List[int]:
+    with open(path, encoding="utf-8") as fh:
+        return sorted({json.loads(line)["iteration"] for line in fh if line.strip()})
+
+
+def parse_iterations(text: Optional[str]) -> Optional[List[int]]:
+    """'0,100,200' -> [0, 100, 200]; None stays None; anything else is one clear error."""
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"error: --iterations takes comma-separated integers, got {text!r}") from None
+    if not values or any(v < 0 for v in values):
+        raise SystemExit(f"error: --iterations takes non-negative integers, got {text!r}")
+    return sorted(set(values))
+
+
 def predicted_columns(arch, scheme: str, top_grad_var: Optional[float]) -> Optional[Dict[str, list]]:
     """{"layer": [...], field: [...]} from the theory predictor (layer 0 = embedding output), or None."""
     try:
@@ -66,24 +96,32 @@ def predicted_columns(arch, scheme: str, top_grad_var: Optional[float]) -> Optio
     return cols
 
 
-def plot_profiles(records: List[dict], out: str, title: str = "", predicted: Optional[Dict[str, list]] = None,
+def plot_profiles(records, out: str, title: str = "", predicted: Optional[Dict[str, list]] = None,
                   panels=PANELS) -> str:
-    """One PNG with a panel per quantity present in ``records``; returns ``out``."""
+    """One PNG with a panel per quantity present; ``records`` is one iteration's list or {iteration: list}
+    (one line per iteration). Returns ``out``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    present = [(k, label, log) for k, label, log in panels if any(k in r for r in records)]
+    by_iteration = records if isinstance(records, dict) else {None: records}
+    every = [r for recs in by_iteration.values() for r in recs]
+    present = [(k, label, log) for k, label, log in panels if any(k in r for r in every)]
     fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.4), squeeze=False)
+    single = len(by_iteration) == 1
     for ax, (key, label, log) in zip(axes[0], present):
-        xs = [r["layer"] for r in records if key in r]
-        ys = [r[key] for r in records if key in r]
-        ax.plot(xs, ys, "o", ms=2.5, label="measured")
+        positive = True
+        for it, recs in by_iteration.items():
+            xs = [r["layer"] for r in recs if key in r]
+            ys = [r[key] for r in recs if key in r]
+            positive = positive and all(y > 0 for y in ys)
+            ax.plot(xs, ys, "o" if single else "o-", ms=2.5, lw=0.8,
+                    label="measured" if single or it is None else f"iteration {it}")
         if predicted and key in predicted:
             pts = [(l, v) for l, v in zip(predicted["layer"], predicted[key]) if v is not None]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", lw=1.2, label="theory")
-        if log and all(y > 0 for y in ys):
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "k--", lw=1.2, label="theory (init)")
+        if log and positive:
             ax.set_yscale("log")
         ax.set_xlabel("layer (0 = embedding)")
         ax.set_title(label, fontsize=9)
@@ -123,23 +161,29 @@ def _arch_from_args(args):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--moments-file", required=True)
-    ap.add_argument("--iteration", type=int, default=None, help="default: the last one in the file")
+    ap.add_argument("--iteration", type=int, default=None, help="one iteration (same as --iterations N)")
+    ap.add_argument("--iterations", default=None,
+                    help="comma list drawn in one figure, e.g. 0,100,200 (default: 0 and the last one)")
     ap.add_argument("--out", required=True, help="PNG path")
     ap.add_argument("--overlay-config", default=None, help="JSON with ModelArch fields and init_scheme")
     # Model flags for the theory overlay: training's names, defaults and help.
     dslm_config.add_arguments(ap.add_argument_group("model (theory overlay)"), aliases=True)
     args = ap.parse_args(argv)
+    if args.iteration is not None and args.iterations is not None:
+        raise SystemExit("error: give --iteration or --iterations, not both")
+    iterations = [args.iteration] if args.iteration is not None else parse_iterations(args.iterations)
 
-    records = read_records(args.moments_file, args.iteration)
+    by_iteration = read_iterations(args.moments_file, iterations)
     arch, scheme = _arch_from_args(args)
     predicted = None
     if arch is not None:
-        top = next((r.get("grad_var") for r in reversed(records) if r.get("grad_var")), None)
+        first = by_iteration[min(by_iteration)]
+        top = next((r.get("grad_var") for r in reversed(first) if r.get("grad_var")), None)
         predicted = predicted_columns(arch, scheme, top)
         if predicted is None:
             print("note: megatron.dslm.theory.predictor not importable: no theory overlay")
-    it = records[0]["iteration"]
-    plot_profiles(records, args.out, title=f"{os.path.basename(args.moments_file)} iteration {it}"
+    shown = ",".join(str(it) for it in by_iteration)
+    plot_profiles(by_iteration, args.out, title=f"{os.path.basename(args.moments_file)} iteration {shown}"
                   + (f" ({scheme})" if scheme and arch is not None else ""), predicted=predicted)
     print(f"wrote {args.out}")
 

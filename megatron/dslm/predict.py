@@ -39,6 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m megatron.dslm.predict", description=__doc__.splitlines()[0],
                                      allow_abbrev=False)
     config.add_arguments(parser, required=REQUIRED, aliases=True)
+    shape = parser.add_argument_group("decoder shape (upstream Megatron-LM flag names)")
+    shape.add_argument("--swiglu", action="store_true", help="gated FFN with a SiLU gate (ffn size 2/3 of 4h)")
+    shape.add_argument("--normalization", choices=("LayerNorm", "RMSNorm"), default=None)
+    shape.add_argument("--position-embedding-type", choices=("learned_absolute", "rope", "none"), default=None)
+    shape.add_argument("--rotary-base", type=float, default=None)
+    shape.add_argument("--rotary-percent", type=float, default=None)
+    shape.add_argument("--group-query-attention", action="store_true")
+    shape.add_argument("--num-query-groups", type=int, default=None)
+    shape.add_argument("--disable-bias-linear", dest="add_bias_linear", action="store_false", default=None)
+    shape.add_argument("--untie-embeddings-and-output-weights", action="store_true")
+    shape.add_argument("--qk-layernorm", action="store_true")
     parser.add_argument("--top-grad-corr", type=float, default=0.0,
                         help="token correlation of the gradient at the last layer (0: unstructured loss)")
     parser.add_argument("--every", type=int, default=None, help="print every k-th layer (default: ~24 rows)")
@@ -57,6 +68,11 @@ def arch_from_args(args) -> ModelArch:
          "--hidden-size must be divisible by --num-attention-heads (or give --kv-channels)"),
         (-1.0 <= args.top_grad_corr <= 1.0, "--top-grad-corr must be in [-1, 1]"),
         (args.every is None or args.every >= 1, "--every must be >= 1"),
+        (not args.group_query_attention or (args.num_query_groups or 0) >= 1,
+         "--group-query-attention needs --num-query-groups >= 1"),
+        (not args.group_query_attention or args.num_attention_heads % max(args.num_query_groups or 1, 1) == 0,
+         "--num-attention-heads must be divisible by --num-query-groups"),
+        (args.rotary_percent is None or 0.0 < args.rotary_percent <= 1.0, "--rotary-percent must be in (0, 1]"),
     ]
     for ok, message in checks:
         if not ok:

@@ -29,7 +29,28 @@ class ModelFlags:
 
     max_position_embeddings: Optional[int] = _f(None, "Size of the position table; default seq length.")
     make_vocab_size_divisible_by: int = _f(128, "Pad the vocabulary to a multiple of this times TP size.")
-    untie_embeddings_and_output_weights: bool = _f(False, "Separate output-layer weights (GPT).")
+    untie_embeddings_and_output_weights: bool = _f(False, "Untie embeddings and output weights (GPT): a separate "
+                                                   "output layer, initialised with the scheme's output-layer std.")
+    # Today's decoder shape (upstream names and meanings; megatron-core's own modules implement each).
+    normalization: str = _f("LayerNorm", "Which normalization technique to use (megatron-core's torch "
+                            "LayerNorm / RMSNorm).", choices=["LayerNorm", "RMSNorm"])
+    norm_epsilon: float = _f(1e-5, "Epsilon for layer norm and RMS norm.")
+    apply_layernorm_1p: bool = _f(False, "Adjust LayerNorm weights such that they are centered around zero "
+                                  "(the norm computes (1 + weight) * x_hat; weights start at 0). This improves "
+                                  "numerical stability.")
+    swiglu: bool = _f(False, "Use gated linear units and SiLU activation instead of default gelu; "
+                      "--ffn-hidden-size then defaults to 2/3 of 4 * hidden size, rounded down to a multiple of 64.")
+    position_embedding_type: str = _f("learned_absolute", "Position embedding type: a learned table, rotary "
+                                      "(rope, no table) or none.", choices=["learned_absolute", "rope", "none"])
+    rotary_base: int = _f(10000, "Base to use for rotary positional embeddings, default 10000.")
+    rotary_percent: float = _f(1.0, "Percent of rotary dimension to use, default 100%.")
+    rotary_seq_len_interpolation_factor: Optional[int] = _f(None, "Sequence length interpolation factor for "
+                                                            "rotary embeddings.")
+    group_query_attention: bool = _f(False, "Use group-query attention (--num-query-groups key/value heads).")
+    num_query_groups: int = _f(1, "Number of query groups (key/value heads) with --group-query-attention.")
+    add_bias_linear: bool = _f(True, "Disable bias in the linear layers.", flag="--disable-bias-linear")
+    qk_layernorm: bool = _f(False, "Whether to layer normalize the q and k attention embeddings (per head, "
+                            "with --normalization).")
     attention_backend: str = _f("auto", "Attention core: 'local' (megatron-core's unfused), 'sdpa' "
                                 "(torch scaled_dot_product_attention), 'auto' (the fastest available).",
                                 choices=["auto", "local", "sdpa"])
@@ -43,8 +64,8 @@ class ModelFlags:
 class DSLMFlags:
     """Moment logging; the method's own flags come from ``DSLMConfig``."""
 
-    log_moments_interval: int = _f(0, "Every N iterations record per-layer moments (0 = never). "
-                                   "'--log-moments-interval 1 --train-iters 1' profiles at init.")
+    log_moments_interval: int = _f(0, "Every N iterations record per-layer moments (0 = never), "
+                                   "from iteration 0: the init profile, the first batch before any update.")
     moments_file: Optional[str] = _f(None, "JSONL for moment records; default <tensorboard-dir or save>/moments.jsonl.")
 
 

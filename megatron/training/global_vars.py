@@ -6,6 +6,7 @@ import torch
 
 _ARGS = None
 _TOKENIZER = None
+_TIMERS = None
 
 
 def set_args(args) -> None:
@@ -28,6 +29,19 @@ def get_tokenizer():
     if _TOKENIZER is None:
         raise RuntimeError("tokenizer is not initialised: call initialize_megatron() first")
     return _TOKENIZER
+
+
+def get_timers():
+    """megatron-core's Timers, as upstream's get_timers(): ``timers('name', log_level=2).start()``.
+
+    Level 0 records only level-0 timers; deeper levels return megatron-core's no-op timer, so an entry
+    script's timing calls cost nothing unless a caller lowers the threshold."""
+    global _TIMERS
+    if _TIMERS is None:
+        from megatron.core.timers import Timers
+
+        _TIMERS = Timers(int(getattr(_ARGS, "timing_log_level", 0) or 0), "minmax")
+    return _TIMERS
 
 
 def is_rank_0() -> bool:

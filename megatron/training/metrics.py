@@ -220,7 +220,8 @@ class MomentLogging:
     """DSLM's per-layer moments every ``--log-moments-interval`` iterations.
 
     Hooks are attached only for the logged iterations (:meth:`before` / :meth:`after` around the step), so
-    the other steps run without any."""
+    the other steps run without any. Iteration ``k`` is the forward/backward of the model after ``k`` updates
+    (the loop's step ``k + 1``): iteration 0, always logged, is the init profile."""
 
     def __init__(self, args, model: Iterable):
         self.interval = args.log_moments_interval

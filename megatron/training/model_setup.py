@@ -43,8 +43,9 @@ def _transformer_config(TransformerConfig, args, dtype, recompute):
         kv_channels=args.kv_channels,
         hidden_dropout=args.hidden_dropout,
         attention_dropout=args.attention_dropout,
-        activation_func=F.relu if args.activation == "relu" else F.gelu,
+        activation_func=F.silu if getattr(args, "swiglu", False) else F.relu if args.activation == "relu" else F.gelu,
         init_method_std=args.init_method_std,
+        **decoder_shape_from_args(args),
         tensor_model_parallel_size=args.tensor_model_parallel_size,
         pipeline_model_parallel_size=args.pipeline_model_parallel_size,
         sequence_parallel=getattr(args, "sequence_parallel", False),
@@ -59,6 +60,53 @@ def _transformer_config(TransformerConfig, args, dtype, recompute):
         apply_residual_connection_post_layernorm=args.apply_residual_connection_post_layernorm,
         **recompute,
     )
+
+
+def decoder_shape_from_args(args) -> dict:
+    """TransformerConfig fields of today's decoder shape, from upstream's flags (megatron-core implements each:
+    gated MLP, torch RMSNorm, grouped query/key/value projection, bias-free linears, q/k norms)."""
+    gqa = getattr(args, "group_query_attention", False)
+    return dict(
+        gated_linear_unit=bool(getattr(args, "swiglu", False)),
+        normalization=getattr(args, "normalization", "LayerNorm"),
+        layernorm_epsilon=getattr(args, "norm_epsilon", 1e-5),
+        layernorm_zero_centered_gamma=bool(getattr(args, "apply_layernorm_1p", False)),
+        num_query_groups=args.num_query_groups if gqa else None,
+        add_bias_linear=bool(getattr(args, "add_bias_linear", True)),
+        qk_layernorm=bool(getattr(args, "qk_layernorm", False)),
+    )
+
+
+def gpt_model_kwargs(args) -> dict:
+    """GPTModel's constructor arguments that are flags: output-layer tying and the position embedding."""
+    return dict(
+        share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
+        position_embedding_type=getattr(args, "position_embedding_type", "learned_absolute"),
+        rotary_percent=getattr(args, "rotary_percent", 1.0),
+        rotary_base=getattr(args, "rotary_base", 10000),
+        seq_len_interpolation_factor=getattr(args, "rotary_seq_len_interpolation_factor", None),
+    )
+
+
+# Decoder-shape flags the BERT builder does not take (its layer spec and BertModel are not extended here).
+_GPT_ONLY_FLAGS = (("swiglu", False, "--swiglu"), ("normalization", "LayerNorm", "--normalization RMSNorm"),
+                   ("apply_layernorm_1p", False, "--apply-layernorm-1p"),
+                   ("position_embedding_type", "learned_absolute", "--position-embedding-type"),
+                   ("group_query_attention", False, "--group-query-attention"),
+                   ("add_bias_linear", True, "--disable-bias-linear"), ("qk_layernorm", False, "--qk-layernorm"),
+                   ("untie_embeddings_and_output_weights", False, "--untie-embeddings-and-output-weights"))
+
+
+def refuse_gpt_only_flags(args, model_type: str) -> None:
+    from megatron.training.validate import ConfigError
+
+    if model_type == "gpt":
+        return
+    for dest, default, flag in _GPT_ONLY_FLAGS:
+        if getattr(args, dest, default) != default:
+            raise ConfigError(f"{flag} is supported for GPT models only (pretrain_gpt.py): the {model_type} "
+                              "layer spec and model here keep the original LayerNorm / GeLU / learned-position "
+                              "shape")
 
 
 # (TransformerConfig field, upstream flag dest, the flag that turns it off, kernel it needs or None). Bias-GeLU and
@@ -107,8 +155,12 @@ def fusion_settings(args, cuda: bool, kernels: dict):
         if wanted and kernel is not None and not kernels.get(kernel, False):
             modules, source = FUSION_KERNELS[kernel]
             why = f"{', '.join(modules)} not importable (needs {source})"
-        elif wanted and field == "bias_activation_fusion" and getattr(args, "activation", "gelu") != "gelu":
+        elif (wanted and field == "bias_activation_fusion" and not getattr(args, "swiglu", False)
+              and getattr(args, "activation", "gelu") != "gelu"):
             why = f"megatron-core fuses the bias with GeLU only (--activation {args.activation})"
+        elif (wanted and field == "bias_activation_fusion" and not getattr(args, "swiglu", False)
+              and not getattr(args, "add_bias_linear", True)):
+            why = "--disable-bias-linear: no bias to fuse with GeLU (as upstream)"
         settings[field] = wanted and why is None
         if why is not None:
             lines.append(f"> {field} off: {why}")
@@ -164,4 +216,5 @@ def resolve_embedding_corr(args, max_sequences: int = 2000) -> str:
 def init_table_from_args(args, model_type: str = "gpt") -> InitTable:
     from megatron.dslm.schemes.registry import build_init_table
 
+    refuse_gpt_only_flags(args, model_type)
     return build_init_table(args.init_scheme, model_arch_from_args(args, model_type))

@@ -385,13 +385,15 @@ def _train_loop(forward_step, model, optimizer, scheduler, train_iterator, valid
                 param_gather, iteration) -> int:
     check = getattr(args, "check_for_nan_in_loss_and_grad", False)
     while iteration < args.train_iters:
-        moments.before(iteration + 1)
+        # moments are labelled by the updates already applied: iteration 0 is the init profile (the first
+        # batch's forward/backward, before the first optimizer step)
+        moments.before(iteration)
         losses, skipped, grad_norm = train_step(forward_step, train_iterator, model, optimizer, scheduler, args)
+        moments.after(iteration)
         iteration += 1
         problem = agree_non_finite(find_non_finite(losses, grad_norm)) if check else None
         if not skipped and problem is None:
             param_gather.enable()
-        moments.after(iteration)
         lr = optimizer.param_groups[0]["lr"]
         logger.record(iteration, losses, skipped, grad_norm, lr)
         logger.maybe_print(iteration, lr, optimizer.get_loss_scale().item(), force=problem is not None)

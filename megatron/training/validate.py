@@ -35,6 +35,7 @@ def validate_args(args, world_size: int) -> None:
              f"--hidden-size {args.hidden_size} is not divisible by --num-attention-heads {args.num_attention_heads}")
     _require(args.num_attention_heads % tp == 0,
              f"--num-attention-heads {args.num_attention_heads} is not divisible by TP size {tp}")
+    validate_decoder_shape_flags(args)
     args.ffn_hidden_size = args.ffn_hidden_size or 4 * args.hidden_size
     _require(args.ffn_hidden_size % tp == 0, f"--ffn-hidden-size {args.ffn_hidden_size} not divisible by TP {tp}")
     args.kv_channels = args.kv_channels or args.hidden_size // args.num_attention_heads
@@ -114,6 +115,42 @@ def check_method_flags(args) -> None:
         check_config(args.init_scheme, model_arch(args), explicit_fields(args))
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+def validate_decoder_shape_flags(args) -> None:
+    """RMSNorm, SwiGLU, RoPE, GQA, bias-free linears, qk-LayerNorm (upstream meanings and defaults).
+
+    Sizes --ffn-hidden-size as upstream does under --swiglu (2/3 of 4h, a multiple of 64) when it is unset;
+    --num-query-groups counts only with --group-query-attention (else every head has its own key/value).
+    """
+    h, heads, tp = args.hidden_size, args.num_attention_heads, args.tensor_model_parallel_size
+    if getattr(args, "swiglu", False):
+        from megatron.dslm.config import explicit_fields
+
+        _require("activation" not in explicit_fields(args),
+                 f"--swiglu sets the FFN activation (SiLU gate x linear); drop --activation {args.activation}")
+        if not args.ffn_hidden_size:
+            args.ffn_hidden_size = max(64, int(4 * h * 2 / 3) // 64 * 64)
+    if getattr(args, "group_query_attention", False):
+        groups = args.num_query_groups
+        _require(groups > 0, f"--num-query-groups must be positive, got {groups}")
+        _require(heads % groups == 0,
+                 f"--num-attention-heads {heads} is not divisible by --num-query-groups {groups}")
+        _require(groups % tp == 0, f"--num-query-groups {groups} is not divisible by TP size {tp} "
+                 "(tensor parallelism splits whole key/value groups)")
+    rope = getattr(args, "position_embedding_type", "learned_absolute") == "rope"
+    _require(getattr(args, "rotary_base", 10000) > 0, "--rotary-base must be positive")
+    percent = getattr(args, "rotary_percent", 1.0)
+    _require(0.0 < percent <= 1.0, f"--rotary-percent must be in (0, 1], got {percent}")
+    if rope:
+        head_dim = args.kv_channels or h // heads
+        rotary_dim = int(head_dim * percent)
+        _require(rotary_dim >= 2 and rotary_dim % 2 == 0,
+                 f"--rotary-percent {percent} of the head size {head_dim} gives {rotary_dim} rotary channels: "
+                 "rotary embeddings rotate channel pairs, so it must be an even number >= 2")
+    factor = getattr(args, "rotary_seq_len_interpolation_factor", None)
+    _require(factor is None or factor >= 1, f"--rotary-seq-len-interpolation-factor must be >= 1, got {factor}")
+    _require(getattr(args, "norm_epsilon", 1e-5) > 0, "--norm-epsilon must be positive")
 
 
 def validate_virtual_pipeline_flags(args) -> None:

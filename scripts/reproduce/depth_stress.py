@@ -56,7 +56,7 @@ def profile_init(p, data, vocab, seed, out_dir: Path) -> dict:
             result[scheme] = {"error": log.error or f"rc {res['rc']}", "command": res["command"]}
             continue
         measured = [json.loads(line) for line in moments.read_text().splitlines() if line.strip()]
-        measured = [m for m in measured if m["iteration"] == 1]
+        measured = [m for m in measured if m["iteration"] == 0]  # the init profile
         pred_json = C.WORK / "profile" / f"{scheme}_{layers}_predicted.json"
         pcmd = ["-m", "megatron.dslm.predict", "--num-layers", layers, "--hidden-size", 128,
                 "--num-attention-heads", 4, "--seq-length", 128, "--init-scheme", scheme, "--model-type", "gpt",

@@ -1,207 +1,474 @@
-"""Depth vs width at equal non-embedding parameters, scheme vs scheme, Pre-LN and Post-LN (paper Tables 1-2).
+"""Depth vs width at equal non-embedding parameters (12·L·H²), per-shape-and-scheme learning rates (paper Table 1).
 
-The paper's claim: with DSLM, deeper-narrower models beat shallow-wide ones of the same size, and both
-Pre-LN and Post-LN train. Shapes keep 12·L·H² fixed by multiplying depth by 4 while halving width
-(e.g. 4×256, 16×128, 64×64). Each (shape, scheme, LN) is one ``pretrain_gpt.py`` (or ``pretrain_bert.py``)
-run with the same seed, data, batch and iteration count; the final validation loss is measured on the
-held-out split of the corpus (``--split 949,50,1``).
+The paper's claim: with DSLM, deeper-narrower models beat shallow-wide ones of the same size. The protocol:
 
-    python scripts/reproduce/depth_vs_width.py --budget 30            # CPU miniature (writes docs/results/)
-    python scripts/reproduce/depth_vs_width.py --budget 1 --out /tmp/dvw   # smoke check
-    python scripts/reproduce/depth_vs_width.py --gpu-scale            # paper-scale argument sets, not run
+* an 8k lowercase WordPiece vocabulary trained on the training documents only (``tools/train_tokenizer.py``),
+  so the transformer body, not a 30k embedding and LM head, dominates the compute of a 32-128-wide model;
+* the sample corpus split by document: training (95 % of the indexed data), validation (the other 5 %) and
+  held-out Wikipedia documents that neither the tokenizer nor the model ever see (scored at the end);
+* GPT shapes 4×128, 16×64, 64×32 (786,432 non-embedding parameters each), sequence length 128;
+* schemes DSLM Pre-LN, DSLM Post-LN, megatron Pre-LN (the standard baseline) and DeepNet Post-LN;
+* phase ``grid``: for every (shape, scheme) short runs of equal token budget at each learning rate of the grid;
+  phase ``final``: the grid's best lr (lowest validation loss) for ``--final-tokens`` tokens; phase ``seeds``: a
+  second seed for the best shallow and the best deep final model;
+* each final run: validation loss on the validation split, perplexity on the held-out documents
+  (``tools/generate.py --score`` when that tool exists, else an evaluation-only ``pretrain_gpt.py`` pass over
+  the held-out indexed data loaded from the run's checkpoint), wall time and training tokens/s.
 
-Runs are launched in priority order (DSLM and the megatron default first) and skipped once the budget is
-spent; skipped runs appear as such in the CSV. BERT runs keep their checkpoints (for downstream.py).
+Every run lives in ``runs/depth_vs_width/<name>/`` (gitignored) and is finished when its ``result.json`` is
+there: rerunning the script skips finished runs and restarts unfinished ones, so a sweep can be stopped at any
+time and resumed with the same command::
+
+    nohup setsid nice -n 19 python scripts/reproduce/depth_vs_width.py > runs/depth_vs_width/sweep.log 2>&1 &
+    python scripts/reproduce/depth_vs_width.py --plan          # the plan and its CPU time; runs nothing
+    python scripts/reproduce/depth_vs_width.py --measure       # tokens/s per shape on one thread (50 steps)
+    python scripts/reproduce/depth_vs_width.py --report-only   # JSON and figure from the finished runs
+    python scripts/reproduce/depth_vs_width.py --tiny --work /tmp/dvw --out /tmp/dvw   # end-to-end smoke (~1 min)
+
+Results: ``docs/results/depth_vs_width.json`` (one row per final run) and ``depth_vs_width.png`` (validation
+loss vs training tokens per shape and scheme).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import common as C
 
-PRIORITY = [("dslm", False), ("megatron", False), ("dslm", True), ("deepnet", True), ("xavier", False),
-            ("xavier", True), ("megatron", True)]
+SHAPES = [(4, 128), (16, 64), (64, 32)]
+SCHEMES = [("dslm", False), ("dslm", True), ("megatron", False), ("deepnet", True)]
+LR_GRID = (1e-3, 3e-3, 1e-2)
+SEQ = 128
+MICRO_BATCH = 16
+SEEDS = (1234, 1235)
+HELDOUT_EVERY = 50  # one document in 50 (by a hash of its title) is held out from tokenizer and model
+VALID_FRACTION = 0.05
+DEFAULT_WORK = C.REPO / "runs" / "depth_vs_width"
+
+TINY = {"shapes": [(2, 32), (8, 16)], "schemes": [("dslm", False)], "lrs": (1e-3, 3e-3),
+        "grid_tokens": 8 * 4 * 32, "final_tokens": 16 * 4 * 32, "seq": 32, "mbs": 4, "docs": 400, "vocab": 400,
+        "eval_iters": 2, "evals": 2}
+FULL = {"shapes": SHAPES, "schemes": SCHEMES, "lrs": LR_GRID, "grid_tokens": 500_000,
+        "final_tokens": 5_000_000, "seq": SEQ, "mbs": MICRO_BATCH, "docs": None, "vocab": 8192,
+        "eval_iters": 16, "evals": 10}
 
 
-def shapes_for(budget: float, model: str) -> list:
-    """(layers, hidden, heads) at equal 12·L·H²; wider at larger budgets."""
-    if budget >= 120:
-        base = [(4, 256), (16, 128), (64, 64)]
-    elif budget >= 4:
-        base = [(4, 128), (16, 64), (64, 32)]
-    else:
-        base = [(1, 64), (4, 32)]
-    if model == "bert":  # BERT costs more per step (two heads, masking): one shape fewer
-        base = base[:2]
-    return [(layers, hidden, max(2, hidden // 32)) for layers, hidden in base]
+def heads_for(hidden: int) -> int:
+    return max(2, hidden // 32)
 
 
-def plan(budget: float, runs: int) -> dict:
-    """Iterations and batch from the budget and the number of runs it must cover (a formula, so a rerun with
-    the same arguments is the same run): ~25 s start-up per run, ~1 s per step at the CPU shapes, ~3 s at
-    the 256-wide ones (2 shared cores, one thread)."""
-    if budget < 4:
-        return {"iters": 6, "mbs": 4, "seq": 32, "lr": 1e-3, "eval_iters": 1}
-    step_s = 3.0 if budget >= 120 else 1.0
-    iters = int((budget * 60 / max(runs, 1) - 25) / step_s)
-    return {"iters": min(600, max(20, iters)), "mbs": 8, "seq": 64, "lr": 2e-3, "eval_iters": 8}
+def shape_name(shape) -> str:
+    return f"{shape[0]}x{shape[1]}"
 
 
-def pretrain_cmd(model, shape, scheme, post_ln, p, data, vocab, seed, save=None):
-    layers, hidden, heads = shape
-    entry = C.REPO / ("pretrain_bert.py" if model == "bert" else "pretrain_gpt.py")
-    cmd = [entry, *C.gpt_flags(layers, hidden, heads, p["seq"], scheme, post_ln),
-           *C.train_flags(p["iters"], p["mbs"], p["lr"], data, vocab, eval_iters=p["eval_iters"], seed=seed)]
-    if model == "bert":
-        cmd += ["--max-position-embeddings", 128]  # finetuning (downstream.py) runs at seq 128
-        # Without Transformer Engine, megatron-core's BertModel only accepts the local attention backend
-        # (its sanity check calls is_te_min_version otherwise and crashes on CPU installs).
-        cmd += ["--attention-backend", "local"]
+def scheme_name(scheme, post_ln) -> str:
+    return f"{scheme}_{'post' if post_ln else 'pre'}"
+
+
+# --------------------------------------------------------------------------------------------- data
+
+def _is_heldout(title: str) -> bool:
+    return int(hashlib.sha1(title.encode("utf-8")).hexdigest(), 16) % HELDOUT_EVERY == 0
+
+
+def prepare_data(work: Path, cfg: dict) -> dict:
+    """Split the corpus, train the vocabulary on the training documents, build the indexed datasets (once).
+
+    ``model.jsonl`` holds the training documents first and the validation documents last, in the counts that
+    ``--split 95,5,0`` cuts at (megatron-core rounds ``0.95 · documents``), so the validation split is exactly
+    the validation documents."""
+    data = work / "data"
+    done = data / "ready.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    corpus, _ = C.corpus_and_vocab()
+    data.mkdir(parents=True, exist_ok=True)
+    docs, heldout = [], []
+    with open(corpus, encoding="utf-8") as fh:
+        for line in fh:
+            rec = json.loads(line)
+            if not isinstance(rec.get("text"), str):
+                continue
+            (heldout if _is_heldout(rec.get("title", rec["text"][:80])) else docs).append(line)
+            if cfg["docs"] and len(docs) >= cfg["docs"]:
+                break
+    n_train = int(round((1 - VALID_FRACTION) * len(docs)))
+    # the evaluation-only pass needs a training split too: the training documents, then the held-out ones
+    files = {"train": (data / "train.jsonl", docs[:n_train]), "model": (data / "model.jsonl", docs),
+             "heldout": (data / "heldout.jsonl", heldout), "heldout_eval": (data / "heldout_eval.jsonl",
+                                                                            docs[:n_train] + heldout)}
+    for path, lines in files.values():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(lines), encoding="utf-8")
+        os.replace(tmp, path)
+    vocab = data / "vocab.txt"
+    C.run_cmd([C.REPO / "tools" / "train_tokenizer.py", "--input", files["train"][0], "--vocab-size", cfg["vocab"],
+               "--output", vocab], work / "logs" / "tokenizer.log", check=True)
+    prefixes = {}
+    for key in ("model", "heldout", "heldout_eval"):
+        prefix = data / key
+        C.run_cmd([C.REPO / "tools" / "preprocess_data.py", "--input", files[key][0], "--output-prefix", prefix,
+                   "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", vocab, "--workers", 1,
+                   "--append-eod", "--log-interval", 5000], work / "logs" / f"preprocess_{key}.log", check=True)
+        prefixes[key] = str(prefix) + "_text_document"
+    info = {"vocab": str(vocab), "model_prefix": prefixes["model"], "heldout_prefix": prefixes["heldout_eval"],
+            "heldout_split": f"{n_train},{len(heldout)},0",
+            "heldout_jsonl": str(files["heldout"][0]), "documents": {"train": n_train,
+                                                                       "validation": len(docs) - n_train,
+                                                                       "heldout": len(files["heldout"][1])},
+            "tokens": {k: _token_count(Path(p)) for k, p in prefixes.items()}, "vocab_size": _lines(vocab)}
+    info["tokens"].pop("heldout_eval")
+    C.write_json(info, done)
+    return info
+
+
+def _token_count(prefix: Path) -> int:
+    return (Path(str(prefix) + ".bin").stat().st_size) // 2 if Path(str(prefix) + ".bin").exists() else 0
+
+
+def _lines(path: Path) -> int:
+    return sum(1 for _ in open(path, encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------------------------- runs
+
+def run_flags(shape, scheme, post_ln, lr, tokens, seed, cfg, data, save=None, evals=None) -> list:
+    """pretrain_gpt.py's command; ``evals`` validation points during the run (default cfg's; the grid needs
+    only the last one)."""
+    layers, hidden = shape
+    tokens_per_step = cfg["mbs"] * cfg["seq"]
+    iters = max(2, tokens // tokens_per_step)
+    eval_interval = max(1, iters // (evals or cfg["evals"]))
+    flags = [C.REPO / "pretrain_gpt.py", *C.gpt_flags(layers, hidden, heads_for(hidden), cfg["seq"], scheme, post_ln),
+             "--micro-batch-size", cfg["mbs"], "--global-batch-size", cfg["mbs"], "--train-iters", iters,
+             "--lr", lr, "--min-lr", lr / 10, "--lr-decay-style", "cosine", "--lr-warmup-fraction", 0.05,
+             "--weight-decay", 0.01, "--clip-grad", 1.0, "--data-path", data["model_prefix"],
+             "--split", "95,5,0", "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", data["vocab"],
+             "--log-interval", max(1, iters // 50), "--eval-interval", eval_interval,
+             "--eval-iters", cfg["eval_iters"], "--data-cache-path", Path(data["vocab"]).parent / "cache",
+             "--seed", seed]
     if save:
-        cmd += ["--save", save, "--save-interval", p["iters"]]
-    return cmd
+        flags += ["--save", save, "--save-interval", iters]
+    return flags
 
 
-def run_model(model, args, minutes, rows, curves):
-    variants = [v for v in PRIORITY if v in C.variants(args.schemes)][:args.max_variants]
-    if model == "bert":
-        variants = variants[:args.bert_max_variants]
-    shapes = [s for s in shapes_for(args.budget, model) if not args.shapes or f"{s[0]}x{s[1]}" in args.shapes]
-    order = [(v, s) for v in variants for s in shapes]
-    p = plan(minutes, len(order))
-    if args.lr:
-        p["lr"] = args.lr
-    if args.iters:
-        p["iters"] = args.iters
-    args.plans[model] = p
-    data, vocab = C.prepare_data(model)
-    budget = C.Budget(minutes)  # data preparation (first run only) does not count against the runs
-    for (scheme, post_ln), shape in order:
-        name = f"{model}_{shape[0]}x{shape[1]}_{scheme}_{'post' if post_ln else 'pre'}" + (f"_lr{p['lr']:g}" if args.lr else "")
-        row = {"model": model, "layers": shape[0], "hidden": shape[1], "heads": shape[2],
-               "non_embedding_params": 12 * shape[0] * shape[1] ** 2, "scheme": scheme, "ln": C.ln_name(post_ln),
-               "iters": p["iters"], "micro_batch": p["mbs"], "seq": p["seq"], "lr": p["lr"], "seed": args.seed}
-        row["name"] = name
-        if budget.spent() and any(r["model"] == model and "outcome" in r for r in rows):
-            rows.append({**row, "outcome": "skipped (budget)"})
+def run_one(work: Path, name: str, flags: list, meta: dict, heldout: dict = None) -> dict:
+    """One training run under work/runs/<name>/, skipped when its result.json exists."""
+    folder = work / "runs" / name
+    result = folder / "result.json"
+    if result.exists():
+        return json.loads(result.read_text())
+    if folder.exists():  # an unfinished earlier attempt: start it again from scratch
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    res = C.run_training(flags, folder / "train.log")
+    log = C.read_result(res)
+    summary = C.summarize(log)
+    train_s = _train_seconds(REPO_METRICS(res))
+    row = {**meta, "name": name, **summary, "wall_s": res["wall_s"], "train_s": train_s,
+           "tokens_per_s": round(meta["train_tokens"] / train_s, 1) if train_s else None,
+           "command": res["command"], "curve": [[i * meta["tokens_per_step"], f.get("lm loss")] for i, f in log.valid],
+           "rc": res["rc"]}
+    if heldout is not None and res["rc"] == 0:
+        row.update(score_heldout(work, name, flags, heldout, meta))
+    C.write_json(row, result)
+    return row
+
+
+def REPO_METRICS(res):
+    return C.REPO / res["metrics"]
+
+
+def _train_seconds(metrics: Path):
+    """Seconds from the loop's start line to its last train line (start-up and final evaluation excluded)."""
+    last = None
+    if not metrics.exists():
+        return None
+    for line in metrics.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
             continue
-        save = C.WORK / "ckpt" / name if model == "bert" else None
-        res = C.run_training(pretrain_cmd(model, shape, scheme, post_ln, p, data, vocab, args.seed, save),
-                             C.WORK / "logs" / "depth_vs_width" / f"{name}.log")
-        log = C.read_result(res)
-        row.update(C.summarize(log), wall_s=res["wall_s"], command=res["command"],
-                   checkpoint=os.path.relpath(save, C.REPO) if save else "")
-        rows.append(row)
-        curves[name] = {"train": C.curve(log), "valid": [[i, f.get("lm loss")] for i, f in log.valid]}
-        print(f"  {name}: val {row['val_loss']} ({row['outcome']}, {res['wall_s']} s)", flush=True)
+        if rec.get("split") == "train" and rec.get("elapsed_s") is not None:
+            last = rec["elapsed_s"]
+    return last
 
 
-def plot(rows, curves, out: Path):
-    plt = C.pyplot()
-    models = sorted({r["model"] for r in rows if r.get("val_loss") is not None})
-    if not models:
-        print("nothing finished: no figure")
+def score_heldout(work: Path, name: str, flags: list, heldout: dict, meta: dict) -> dict:
+    """Perplexity on the held-out documents with the run's checkpoint."""
+    ckpt = work / "runs" / name / "ckpt"
+    generate = C.REPO / "tools" / "generate.py"
+    log = work / "runs" / name / "heldout.log"
+    if generate.exists():
+        res = C.run_cmd([generate, "--load", ckpt, "--vocab-file", heldout["vocab"], "--score",
+                         heldout["heldout_jsonl"]], log)
+        for line in reversed(log.read_text(errors="replace").splitlines()):
+            if line.startswith("score:"):
+                parts = dict(kv.split("=") for kv in line[len("score:"):].split())
+                return {"heldout_ppl": float(parts["ppl"]), "heldout_nll": float(parts["nll"]),
+                        "heldout_tokens": int(parts["tokens"]), "heldout_method": "tools/generate.py --score",
+                        "heldout_command": res["command"]}
+    # evaluation only: load the checkpoint at its last iteration, no step, evaluate the held-out documents as
+    # the validation split of the training-then-held-out indexed data
+    iters = flags[flags.index("--train-iters") + 1]
+    cmd = list(flags)
+    data_at = cmd.index("--data-path")
+    cmd[data_at + 1] = heldout["heldout_prefix"]
+    cmd[cmd.index("--split") + 1] = heldout["heldout_split"]
+    windows = max(1, heldout["heldout_tokens"] // (meta["tokens_per_step"]))
+    cmd[cmd.index("--eval-iters") + 1] = windows
+    cmd[cmd.index("--eval-interval") + 1] = iters
+    cmd = [c for c in cmd] + ["--load", ckpt]
+    cmd = _without(cmd, "--save", 1) if "--save" in cmd else cmd
+    cmd = _without(cmd, "--save-interval", 1) if "--save-interval" in cmd else cmd
+    res = C.run_training(cmd, log)
+    ev = C.read_result(res)
+    if not ev.valid:
+        return {"heldout_ppl": None, "heldout_method": "evaluation-only pretrain_gpt.py (failed)",
+                "heldout_error": ev.error}
+    loss = ev.valid[-1][1].get("lm loss")
+    return {"heldout_ppl": round(math.exp(loss), 2) if loss is not None and math.isfinite(loss) else None,
+            "heldout_nll": loss, "heldout_tokens": windows * meta["tokens_per_step"],
+            "heldout_method": "evaluation-only pretrain_gpt.py --load (held-out indexed data as validation split)",
+            "heldout_command": res["command"]}
+
+
+def _without(cmd, flag, nargs):
+    i = cmd.index(flag)
+    return cmd[:i] + cmd[i + 1 + nargs:]
+
+
+def meta_for(shape, scheme, post_ln, lr, tokens, seed, cfg, phase):
+    tokens_per_step = cfg["mbs"] * cfg["seq"]
+    iters = max(2, tokens // tokens_per_step)
+    return {"model": "gpt", "phase": phase, "shape": shape_name(shape), "layers": shape[0], "hidden": shape[1],
+            "heads": heads_for(shape[1]), "scheme": scheme, "ln": C.ln_name(post_ln),
+            "non_embedding_params": 12 * shape[0] * shape[1] ** 2, "train_tokens": iters * tokens_per_step,
+            "tokens_per_step": tokens_per_step, "iters": iters, "seq": cfg["seq"], "micro_batch": cfg["mbs"],
+            "lr": lr, "seed": seed}
+
+
+def grid_name(shape, scheme, post_ln, lr, seed):
+    return f"grid_{shape_name(shape)}_{scheme_name(scheme, post_ln)}_lr{lr:g}_s{seed}"
+
+
+def final_name(shape, scheme, post_ln, seed):
+    return f"final_{shape_name(shape)}_{scheme_name(scheme, post_ln)}_s{seed}"
+
+
+def best_lr(rows):
+    ok = [r for r in rows if r.get("val_loss") is not None and math.isfinite(r["val_loss"])]
+    return min(ok, key=lambda r: r["val_loss"])["lr"] if ok else None
+
+
+def sweep(work: Path, cfg: dict, data: dict, budget: C.Budget, phases, on_progress=None) -> dict:
+    """Grid, then finals, then seeds; ``on_progress(result so far)`` after the grid and after each final run."""
+    grid, finals = {}, {}
+    progress = on_progress or (lambda result: None)
+    heldout = {**data, "heldout_tokens": data["tokens"]["heldout"]}
+    for shape in cfg["shapes"]:  # grid, every (shape, scheme, lr); cheapest first within a phase is not needed
+        for scheme, post_ln in cfg["schemes"]:
+            key = (shape, scheme, post_ln)
+            grid[key] = []
+            for lr in cfg["lrs"]:
+                name = grid_name(shape, scheme, post_ln, lr, SEEDS[0])
+                if "grid" not in phases or (budget.spent() and not (work / "runs" / name / "result.json").exists()):
+                    continue
+                meta = meta_for(shape, scheme, post_ln, lr, cfg["grid_tokens"], SEEDS[0], cfg, "grid")
+                row = run_one(work, name, run_flags(shape, scheme, post_ln, lr, cfg["grid_tokens"], SEEDS[0], cfg,
+                                                    data, evals=1), meta)
+                grid[key].append(row)
+                print(f"  {name}: val {row.get('val_loss')} ({row.get('outcome')})", flush=True)
+    progress({"grid": grid, "finals": finals})
+    for key, rows in grid.items():
+        lr = best_lr(rows)
+        if lr is None or len(rows) < len(cfg["lrs"]) or "final" not in phases:
+            continue
+        finals[key] = [_final(work, key, lr, SEEDS[0], cfg, data, heldout, budget)]
+        progress({"grid": grid, "finals": finals})
+    if "seeds" in phases:
+        done = {k: v[0] for k, v in finals.items() if v[0] and v[0].get("val_loss") is not None}
+        depth = sorted({k[0][0] for k in done})
+        for layers in (depth[:1] + depth[-1:]) if len(depth) > 1 else []:
+            cands = [(r["val_loss"], k) for k, r in done.items() if k[0][0] == layers]
+            _, key = min(cands)
+            extra = _final(work, key, done[key]["lr"], SEEDS[1], cfg, data, heldout, budget)
+            if extra:
+                finals[key].append(extra)
+                progress({"grid": grid, "finals": finals})
+    return {"grid": grid, "finals": finals}
+
+
+def _final(work, key, lr, seed, cfg, data, heldout, budget):
+    shape, scheme, post_ln = key
+    name = final_name(shape, scheme, post_ln, seed)
+    if budget.spent() and not (work / "runs" / name / "result.json").exists():
+        return None
+    meta = meta_for(shape, scheme, post_ln, lr, cfg["final_tokens"], seed, cfg, "final")
+    flags = run_flags(shape, scheme, post_ln, lr, cfg["final_tokens"], seed, cfg, data,
+                      save=work / "runs" / name / "ckpt")
+    row = run_one(work, name, flags, meta, heldout=heldout)
+    print(f"  {name}: val {row.get('val_loss')} heldout ppl {row.get('heldout_ppl')} ({row.get('outcome')})",
+          flush=True)
+    return row
+
+
+# --------------------------------------------------------------------------------------------- plan and speed
+
+def measure(work: Path, cfg: dict, data: dict, steps: int = 50) -> dict:
+    """Training tokens/s per shape (DSLM Pre-LN, one thread), from the loop's own elapsed time."""
+    speeds = {}
+    for shape in cfg["shapes"]:
+        meta = meta_for(shape, "dslm", False, 1e-3, steps * cfg["mbs"] * cfg["seq"], 0, cfg, "measure")
+        flags = run_flags(shape, "dslm", False, 1e-3, meta["train_tokens"], 0, cfg, data)
+        flags[flags.index("--eval-iters") + 1] = 0
+        row = run_one(work, f"measure_{shape_name(shape)}", flags, meta)
+        speeds[shape_name(shape)] = {"tokens_per_s": row["tokens_per_s"], "start_s": round(row["wall_s"] - (row["train_s"] or 0), 1)}
+        print(f"  {shape_name(shape)}: {row['tokens_per_s']} tokens/s, {speeds[shape_name(shape)]['start_s']} s start-up "
+              f"and end", flush=True)
+    C.write_json(speeds, work / "speeds.json")
+    return speeds
+
+
+def plan_cpu_hours(cfg: dict, speeds: dict) -> dict:
+    """CPU time of the whole protocol from measured tokens/s (one thread per run); evaluation ~ +10 %."""
+    n_sch = len(cfg["schemes"])
+    total = {"grid": 0.0, "final": 0.0, "seeds": 0.0}
+    for shape in cfg["shapes"]:
+        s = speeds[shape_name(shape)]
+        per = lambda tokens: tokens / s["tokens_per_s"] * 1.1 + s["start_s"]
+        total["grid"] += n_sch * len(cfg["lrs"]) * per(cfg["grid_tokens"])
+        total["final"] += n_sch * (per(cfg["final_tokens"]) + 60)  # + held-out scoring
+    slowest = max(cfg["shapes"], key=lambda sh: cfg["final_tokens"] / speeds[shape_name(sh)]["tokens_per_s"])
+    total["seeds"] = 2 * (cfg["final_tokens"] / speeds[shape_name(slowest)]["tokens_per_s"] * 1.1 + 60)
+    total = {k: round(v / 3600, 2) for k, v in total.items()}
+    total["all"] = round(sum(total.values()), 2)
+    return total
+
+
+# --------------------------------------------------------------------------------------------- output
+
+def write_results(work: Path, out: Path, cfg: dict, data: dict, result: dict) -> None:
+    rows = [r for rs in result["finals"].values() for r in rs if r]
+    grid = {f"{shape_name(k[0])} {scheme_name(k[1], k[2])}": {str(r["lr"]): r.get("val_loss") for r in rs}
+            for k, rs in result["grid"].items() if rs}
+    keep = ("shape", "scheme", "ln", "layers", "hidden", "heads", "non_embedding_params", "train_tokens", "lr",
+            "seed", "val_loss", "val_ppl", "heldout_ppl", "heldout_nll", "heldout_tokens", "heldout_method",
+            "wall_s", "train_s", "tokens_per_s", "outcome", "command", "heldout_command", "curve")
+    speeds = json.loads((work / "speeds.json").read_text()) if (work / "speeds.json").exists() else {}
+    record = {"protocol": {"shapes": [shape_name(s) for s in cfg["shapes"]],
+                           "schemes": [scheme_name(*s) for s in cfg["schemes"]], "lr_grid": list(cfg["lrs"]),
+                           "grid_tokens": cfg["grid_tokens"], "final_tokens": cfg["final_tokens"], "seq": cfg["seq"],
+                           "micro_batch": cfg["mbs"], "seeds": list(SEEDS), "data": _relative(data)},
+              "speeds_1_thread": speeds, "lr_grid_val_loss": grid,
+              "plan": {"gpt": {"iters": None, "mbs": cfg["mbs"], "seq": cfg["seq"], "lr": "per shape and scheme"}},
+              "seed": SEEDS[0],
+              "rows": [{**{k: r.get(k) for k in keep}, "model": "gpt"} for r in rows],
+              "runs_finished": len(list((work / "runs").glob("*/result.json"))),
+              "final_runs_expected": len(cfg["shapes"]) * len(cfg["schemes"]) + 2}
+    record["status"] = "complete" if len(rows) >= record["final_runs_expected"] else "in progress"
+    if speeds:
+        record["cpu_hours_planned"] = plan_cpu_hours(cfg, speeds)
+    C.write_json(record, out / "depth_vs_width.json")
+    C.write_rows([{k: v for k, v in r.items() if k != "curve"} for r in record["rows"]], out / "depth_vs_width.csv")
+    plot(rows, cfg, out / "depth_vs_width.png")
+    print(f"wrote {out}/depth_vs_width.json ({len(rows)} final rows) and depth_vs_width.png", flush=True)
+
+
+def _relative(data: dict) -> dict:
+    """Paths under the repository as repository-relative strings (the JSON is committed)."""
+    def rel(v):
+        return os.path.relpath(v, C.REPO) if isinstance(v, str) and v.startswith(str(C.REPO)) else v
+    return {k: rel(v) for k, v in data.items()}
+
+
+def plot(rows, cfg, path: Path) -> None:
+    if not rows:
         return
-    fig, axes = plt.subplots(len(models), 2, figsize=(12, 4.2 * max(len(models), 1)), squeeze=False)
-    for mi, model in enumerate(models):
-        ax = axes[mi][0]
-        done = [r for r in rows if r["model"] == model and r.get("val_loss") is not None]
-        for scheme, post_ln in PRIORITY:
-            pts = sorted((r["layers"], r["val_loss"]) for r in done
-                         if r["scheme"] == scheme and r["ln"] == C.ln_name(post_ln))
-            if pts:
-                ax.plot(*zip(*pts), marker="o", ls="-" if not post_ln else "--", label=f"{scheme} {C.ln_name(post_ln)}")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("layers (width halves as depth ×4; equal 12·L·H²)")
-        ax.set_ylabel("final validation loss")
-        ax.set_title(f"{model.upper()}: validation loss vs depth")
-        ax.legend(fontsize=7)
-        ax = axes[mi][1]
-        for name, c in curves.items():
-            if name.startswith(model + "_") and "dslm" in name or name.startswith(model + "_") and "megatron_pre" in name:
-                if c["train"]:
-                    ax.plot(*zip(*c["train"]), label=name[len(model) + 1:], lw=1)
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("train loss")
-        ax.set_title(f"{model.upper()}: training curves (DSLM and megatron Pre-LN)")
+    plt = C.pyplot()
+    fig, axes = plt.subplots(1, len(cfg["schemes"]), figsize=(4.2 * len(cfg["schemes"]), 3.6), squeeze=False,
+                             sharey=True)
+    for ax, (scheme, post_ln) in zip(axes[0], cfg["schemes"]):
+        for r in sorted(rows, key=lambda r: (r["layers"], r["seed"])):
+            if r["scheme"] != scheme or r["ln"] != C.ln_name(post_ln) or not r.get("curve"):
+                continue
+            xs = [p[0] / 1e6 for p in r["curve"] if p[1] is not None]
+            ys = [p[1] for p in r["curve"] if p[1] is not None]
+            ax.plot(xs, ys, marker=".", lw=1, ls="-" if r["seed"] == SEEDS[0] else ":",
+                    label=f"{r['shape']} lr {r['lr']:g} s{r['seed']}")
+        ax.set_title(f"{scheme} {C.ln_name(post_ln)}", fontsize=9)
+        ax.set_xlabel("training tokens (M)")
         ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("validation loss")
     fig.tight_layout()
-    fig.savefig(out / "depth_vs_width.png", dpi=80)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    os.replace(tmp, path)
     plt.close(fig)
 
 
-def gpu_scale(out):
-    common = ("--seq-length 512 --max-position-embeddings 512 --micro-batch-size 8 --global-batch-size 256 "
-              "--train-iters 100000 --lr 1e-4 --lr-decay-style linear --lr-warmup-fraction 0.01 --bf16 "
-              "--data-path wiki_text_sentence --split 949,50,1 --tokenizer-type BertWordPieceLowerCase "
-              "--vocab-file bert-base-uncased-vocab.txt --eval-interval 1000 --eval-iters 50 --seed 1234")
-    runs = [("bert_12x768_megatron_pre", "12x768 baseline, Pre-LN, megatron init (BERT-base shape)",
-             "--num-layers 12 --hidden-size 768 --num-attention-heads 12 --init-scheme megatron"),
-            ("bert_192x256_dslm_pre", "192x256 DSLM Pre-LN: 12·192·256² = 151M vs 85M non-embedding params",
-             "--num-layers 192 --hidden-size 256 --num-attention-heads 4 --init-scheme dslm"),
-            ("bert_192x256_dslm_post", "192x256 DSLM Post-LN",
-             "--num-layers 192 --hidden-size 256 --num-attention-heads 4 --init-scheme dslm "
-             "--apply-residual-connection-post-layernorm"),
-            ("bert_48x512_dslm_pre", "48x512 DSLM Pre-LN: equal 12·L·H² to 12x1024",
-             "--num-layers 48 --hidden-size 512 --num-attention-heads 8 --init-scheme dslm"),
-            ("bert_12x1024_megatron_pre", "12x1024 megatron baseline",
-             "--num-layers 12 --hidden-size 1024 --num-attention-heads 16 --init-scheme megatron"),
-            ("bert_192x1024_dslm_pre", "192x1024 DSLM Pre-LN (the paper's large deep model)",
-             "--num-layers 192 --hidden-size 1024 --num-attention-heads 16 --init-scheme dslm")]
-    cmds = [f"# {title}\ntorchrun --nproc_per_node 8 pretrain_bert.py {model} {common} --save ckpt/{name} "
-            "--save-interval 10000" for name, title, model in runs]
-    C.write_gpu_scale("depth_vs_width", cmds, out)
-
-
 def main():
-    p = C.add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), default_budget=30)
-    p.add_argument("--models", default="gpt,bert", help="gpt, bert or both")
-    p.add_argument("--schemes", default=None, help="comma list to restrict (default all)")
-    p.add_argument("--bert-share", type=float, default=0.3, help="fraction of the budget for BERT")
-    p.add_argument("--max-variants", type=int, default=len(PRIORITY),
-                   help="run only the first N (scheme, LN) pairs of the priority list (DSLM and megatron first)")
-    p.add_argument("--bert-max-variants", type=int, default=4, help="the same for BERT")
-    p.add_argument("--shapes", default=None, help="comma list like 16x64 to restrict the shapes")
-    p.add_argument("--lr", type=float, default=None, help="override the planned learning rate")
-    p.add_argument("--iters", type=int, default=None, help="override the planned iteration count")
-    args = p.parse_args()
-    args.schemes = args.schemes.split(",") if args.schemes else None
-    out = Path(args.out)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", default=str(DEFAULT_WORK), help="state folder (runs, data, logs); resumable")
+    ap.add_argument("--out", default=str(C.DEFAULT_OUT), help="where depth_vs_width.json/png go")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="minutes: launch no new run after this (finished runs are kept; rerun to continue)")
+    ap.add_argument("--phases", default="grid,final,seeds", help="comma list of grid, final, seeds")
+    ap.add_argument("--grid-tokens", type=int, default=None, help="tokens per lr-grid run")
+    ap.add_argument("--final-tokens", type=int, default=None, help="tokens per final run")
+    ap.add_argument("--tiny", action="store_true", help="two tiny shapes, two schemes, 400 documents: smoke check")
+    ap.add_argument("--plan", action="store_true", help="print the protocol's CPU time from measured speeds")
+    ap.add_argument("--measure", action="store_true", help="measure tokens/s per shape (one thread) and stop")
+    ap.add_argument("--report-only", action="store_true", help="write the JSON and figure from finished runs")
+    ap.add_argument("--prepare-only", action="store_true",
+                    help="split the corpus, train the vocabulary, build the indexed data; print the prefixes")
+    ap.add_argument("--seed", type=int, default=None, help="accepted for run_all.py; seeds are fixed (1234, 1235)")
+    ap.add_argument("--gpu-scale", action="store_true", help="see scripts/reproduce/gpu_quick.sh")
+    args = ap.parse_args()
     if args.gpu_scale:
-        return gpu_scale(out)
-    out.mkdir(parents=True, exist_ok=True)
+        print("the one-GPU depth-vs-width comparison is scripts/reproduce/gpu_quick.sh")
+        return 0
+    cfg = dict(TINY if args.tiny else FULL)
+    for key in ("grid_tokens", "final_tokens"):
+        if getattr(args, key) is not None:
+            if getattr(args, key) < cfg["mbs"] * cfg["seq"] * 2:
+                sys.exit(f"error: --{key.replace('_', '-')} {getattr(args, key)} is under two steps "
+                         f"({cfg['mbs'] * cfg['seq']} tokens each)")
+            cfg[key] = getattr(args, key)
+    phases = set(args.phases.split(","))
+    if not phases <= {"grid", "final", "seeds"}:
+        sys.exit(f"error: --phases takes grid, final, seeds; got {args.phases}")
+    work, out = Path(args.work), Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    rows, curves = [], {}
-    args.plans = {}
-    models = args.models.split(",")
-    for model in models:
-        share = args.bert_share if model == "bert" and len(models) > 1 else 1 - args.bert_share if len(models) > 1 else 1
-        run_model(model, args, args.budget * share, rows, curves)
-    saved = out / "depth_vs_width.json"
-    record = {"budget_min": args.budget, "seed": args.seed, "wall_s": round(time.time() - t0, 1),
-              "plan": args.plans, "priority": PRIORITY, "rows": rows, "curves": curves,
-              "argv": sys.argv[1:]}
-    if saved.exists():  # keep the other model's rows from an earlier invocation (e.g. --models bert alone)
-        old = json.loads(saved.read_text())
-        keep = [r for r in old.get("rows", []) if r["model"] not in models]
-        if keep:
-            record["rows"] = keep + rows
-            record["curves"] = {**{k: v for k, v in old.get("curves", {}).items() if k.split("_")[0] not in models},
-                                **curves}
-            record["plan"] = {**{k: v for k, v in old.get("plan", {}).items() if k not in models}, **args.plans}
-            record["earlier"] = {k: old.get(k) for k in ("budget_min", "wall_s", "argv")}
-    C.write_rows(record["rows"], out / "depth_vs_width.csv")
-    C.write_json(record, saved)
-    rows, curves = record["rows"], record["curves"]
-    plot(rows, curves, out)
-    print(f"wrote {out}/depth_vs_width.{{csv,json,png}} in {time.time() - t0:.0f} s")
+    data = prepare_data(work, cfg)
+    print(f"data: {data['documents']} documents, {data['tokens']} tokens, vocab {data['vocab_size']}", flush=True)
+    if args.prepare_only:
+        print(f"model data: {data['model_prefix']}\nvocab: {data['vocab']}")
+        return 0
+    if args.measure or args.plan:
+        speeds = measure(work, cfg, data)
+        hours = plan_cpu_hours(cfg, speeds)
+        print(f"CPU time of the protocol (one thread per run, hours): {hours}")
+        return 0
+    budget = C.Budget(args.budget if args.budget is not None else 1e9)
+    if args.report_only:  # every phase, but no run is launched: only finished ones are read
+        budget = C.Budget(0)
+    result = sweep(work, cfg, data, budget, phases,
+                   on_progress=lambda partial: write_results(work, out, cfg, data, partial))
+    write_results(work, out, cfg, data, result)
+    print(f"done in {time.time() - t0:.0f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -133,12 +133,13 @@ def test_key_seeded_and_no_global_rng():
     assert not torch.equal(a.decoder.layers[0].mlp.linear_fc1.weight, a.decoder.layers[1].mlp.linear_fc1.weight)
 
 
-def test_gated_mlp_rejected_and_layer_count_checked():
+def test_gated_mlp_initialised_and_layer_count_checked():
+    """A gated fc1 (megatron's ShardedTensorFactory) is initialised like every weight (halves: test_llama_models)."""
     from megatron.dslm.mcore.models import build_gpt_model
 
-    with pytest.raises(NotImplementedError, match="ShardedTensorFactory"):
-        build_gpt_model(make_config(num_layers=2, gated_linear_unit=True), hand_table(2), vocab_size=64,
-                        max_sequence_length=16)
+    model = build_gpt_model(make_config(num_layers=2, gated_linear_unit=True), hand_table(2), vocab_size=64,
+                            max_sequence_length=16)
+    _check_std(model.decoder.layers[0].mlp.linear_fc1.weight, 0.02, "gated fc1")
     with pytest.raises(ValueError, match="--num-layers"):
         build_gpt_model(make_config(num_layers=2), hand_table(3), vocab_size=64, max_sequence_length=16)
 

@@ -51,8 +51,9 @@ class NormedLanguageModelEmbedding(LanguageModelEmbedding):
         if type(embedding) is not LanguageModelEmbedding:
             raise TypeError(f"expected megatron-core's LanguageModelEmbedding, got {type(embedding).__name__}")
         from megatron.core.models.backends import LocalSpecProvider
+        from megatron.dslm.mcore.specs import norm_module
 
-        norm_spec = LocalSpecProvider().layer_norm(rms_norm=False, for_qk=False)
+        norm_spec = norm_module(config) or LocalSpecProvider().layer_norm(rms_norm=False, for_qk=False)
         embedding.__class__ = cls
         embedding.embedding_layernorm = build_module(norm_spec, config=config, hidden_size=config.hidden_size,
                                                      eps=config.layernorm_epsilon)
@@ -168,7 +169,8 @@ def _build(model_cls, layer_spec_fn, config: TransformerConfig, table: InitTable
     ``vp_stage``: the virtual pipeline stage (model chunk) to build under the interleaved pipeline; its layers
     carry global layer numbers, so λ/β and the keyed init come from the right layers."""
     config = resolve_post_ln(config, table, post_ln)
-    layer_spec = layer_spec_fn(table, post_ln=config.apply_residual_connection_post_layernorm, speed=speed)
+    layer_spec = layer_spec_fn(table, post_ln=config.apply_residual_connection_post_layernorm, speed=speed,
+                               config=config)
     if vp_stage is not None:
         model_kwargs["vp_stage"] = vp_stage
     model = model_cls(config=config, transformer_layer_spec=get_dslm_block_spec(config, layer_spec, vp_stage),
@@ -181,7 +183,8 @@ def _build(model_cls, layer_spec_fn, config: TransformerConfig, table: InitTable
 def build_gpt_model(config: TransformerConfig, table: InitTable, *, vocab_size: int, max_sequence_length: int,
                     pre_process: bool = True, post_process: bool = True, post_ln: Optional[bool] = None,
                     seed: int = 1234, share_embeddings_and_output_weights: bool = True,
-                    position_embedding_type: str = "learned_absolute",
+                    position_embedding_type: str = "learned_absolute", rotary_percent: float = 1.0,
+                    rotary_base: int = 10000, seq_len_interpolation_factor: Optional[float] = None,
                     speed: SpeedOptions = perf.STOCK, vp_stage: Optional[int] = None) -> GPTModel:
     """A :class:`DSLMGPTModel` with λ/β residual scaling, optional Post-LN, initialised from ``table``.
 
@@ -194,12 +197,21 @@ def build_gpt_model(config: TransformerConfig, table: InitTable, *, vocab_size: 
         vocab_size: the *padded* vocabulary size (keep it TP-independent for layout-invariant init).
         post_ln: kept for older callers; ``True`` sets the config flag, ``False`` must agree with it.
         seed: weight seed; the same seed gives the same full weights at every TP/PP layout.
+        share_embeddings_and_output_weights: False for an untied output layer (``table.output_layer_std``).
+        position_embedding_type, rotary_percent, rotary_base, seq_len_interpolation_factor: GPTModel's own
+            (``"rope"``: megatron-core's RotaryEmbedding, no position table).
         speed: the opt-in speed paths to build with (:mod:`megatron.perf`; stock by default).
         vp_stage: this model chunk's virtual pipeline stage (interleaved pipeline only).
+
+    Gated FFNs (SwiGLU), grouped-query attention, bias-free linears, RMSNorm and q/k norms come from ``config``
+    (``gated_linear_unit`` + ``activation_func``, ``num_query_groups``, ``add_bias_linear``, ``normalization``,
+    ``qk_layernorm``, ``layernorm_zero_centered_gamma``).
     """
     return _build(DSLMGPTModel, get_dslm_gpt_layer_spec, config, table, post_ln, seed, speed, vp_stage,
                   vocab_size=vocab_size, max_sequence_length=max_sequence_length, pre_process=pre_process,
                   post_process=post_process, position_embedding_type=position_embedding_type,
+                  rotary_percent=rotary_percent, rotary_base=rotary_base,
+                  seq_len_interpolation_factor=seq_len_interpolation_factor,
                   share_embeddings_and_output_weights=share_embeddings_and_output_weights)
 
 

@@ -48,6 +48,80 @@ from megatron.core.transformer.transformer_layer import TransformerLayer
 from megatron.dslm.contract import InitTable
 
 
+class ZeroCenteredNorm:
+    """``--apply-layernorm-1p`` on megatron-core's torch norms: the weight holds γ − 1 (it starts at 0) and the
+    forward uses ``1 + weight``.
+
+    megatron-core's local norm (``WrappedTorchNorm``, its LayerNorm/RMSNorm without apex or Transformer Engine)
+    refuses ``layernorm_zero_centered_gamma``; only TE's and apex's kernels implement it. This builds the same
+    torch norm through ``WrappedTorchNorm`` (so what the CPU shim adds to it still applies) and re-parameterises
+    its scale; the output is the plain norm's with γ = 1 + weight.
+    """
+
+    def __new__(cls, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, **kwargs):
+        from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+        plain = copy.copy(config)
+        plain.layernorm_zero_centered_gamma = False
+        norm = WrappedTorchNorm(plain, hidden_size, eps=eps)
+        norm.__class__ = _ZERO_CENTERED[type(norm)]
+        with torch.no_grad():
+            norm.weight.zero_()
+        return norm
+
+
+class _ZeroCenteredLayerNorm(torch.nn.LayerNorm):
+    def forward(self, x):
+        return torch.nn.functional.layer_norm(x, self.normalized_shape, self.weight + 1, self.bias, self.eps)
+
+
+class _ZeroCenteredRMSNorm(torch.nn.RMSNorm):
+    def forward(self, x):
+        return torch.nn.functional.rms_norm(x, self.normalized_shape, self.weight + 1, self.eps)
+
+
+_ZERO_CENTERED = {torch.nn.LayerNorm: _ZeroCenteredLayerNorm, torch.nn.RMSNorm: _ZeroCenteredRMSNorm}
+
+
+def norm_module(config: Optional[TransformerConfig]):
+    """The module for every norm of the model (input, pre-MLP, q/k, Post-LN, embedding, final), or None for the
+    local spec's own choice (LayerNorm: apex's FusedLayerNorm where installed, else the torch one).
+
+    RMSNorm is megatron-core's ``WrappedTorchNorm`` (torch.nn.RMSNorm), as megatron-core's local spec picks it;
+    ``apply_layernorm_1p`` (``layernorm_zero_centered_gamma``) is :class:`ZeroCenteredNorm`.
+    """
+    if config is None:
+        return None
+    if config.layernorm_zero_centered_gamma:
+        return ZeroCenteredNorm
+    if config.normalization != "LayerNorm":
+        from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+        return WrappedTorchNorm
+    return None
+
+
+def _with_norms(base: ModuleSpec, config: Optional[TransformerConfig]) -> ModuleSpec:
+    """``base`` with the config's norm (:func:`norm_module`) in every norm slot of the layer and its attention."""
+    norm = norm_module(config)
+    if norm is None:
+        return base
+    spec = copy.copy(base)
+    spec.submodules = copy.copy(base.submodules)
+    for slot in ("input_layernorm", "pre_mlp_layernorm"):
+        if getattr(spec.submodules, slot) is not IdentityOp:
+            setattr(spec.submodules, slot, norm)
+    attention = spec.submodules.self_attention
+    if isinstance(attention, ModuleSpec) and attention.submodules is not None:
+        attention = copy.copy(attention)
+        attention.submodules = copy.copy(attention.submodules)
+        for slot in ("q_layernorm", "k_layernorm"):
+            if getattr(attention.submodules, slot, IdentityOp) is not IdentityOp:
+                setattr(attention.submodules, slot, norm)
+        spec.submodules.self_attention = attention
+    return spec
+
+
 def scaled_bda(stock_bda: Callable, residual_scale: float, branch_scale: float,
                 post_norm: Optional[torch.nn.Module]) -> Callable:
     """Replace a megatron bda factory ``(training, fused) -> fn(x_with_bias, residual, prob)`` by the λ/β merge.
@@ -171,29 +245,36 @@ def _dslm_layer_spec(base: ModuleSpec, table: InitTable, post_ln: bool) -> Modul
     return ModuleSpec(module=ScaledResidualTransformerLayer, params=params, submodules=submodules)
 
 
-def get_dslm_gpt_layer_spec(table: InitTable, post_ln: bool = False, speed=None) -> ModuleSpec:
+def get_dslm_gpt_layer_spec(table: InitTable, post_ln: bool = False, speed=None,
+                            config: Optional[TransformerConfig] = None) -> ModuleSpec:
     """GPT layer spec with λ/β residual scaling from ``table`` (Post-LN if ``post_ln``).
 
-    Base: megatron-core's local spec (Transformer Engine's spec is not used). ``speed`` may put the speed
-    paths' core attention and linears in (:func:`megatron.perf.layer_spec`).
+    Base: megatron-core's local spec (Transformer Engine's spec is not used), with q/k norms when
+    ``config.qk_layernorm`` and the config's norm (RMSNorm, zero-centred) in every norm slot
+    (:func:`norm_module`); gated FFNs, query groups and bias-free linears are the config's own fields. ``speed``
+    may put the speed paths' core attention and linears in (:func:`megatron.perf.layer_spec`).
     """
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron import perf
 
-    base = perf.layer_spec(get_gpt_layer_local_spec(), speed or perf.STOCK)
-    return _dslm_layer_spec(base, table, post_ln)
+    qk_layernorm = bool(config is not None and config.qk_layernorm)
+    base = _with_norms(get_gpt_layer_local_spec(qk_layernorm=qk_layernorm), config)
+    return _dslm_layer_spec(perf.layer_spec(base, speed or perf.STOCK), table, post_ln)
 
 
-def get_dslm_bert_layer_spec(table: InitTable, post_ln: bool = False, speed=None) -> ModuleSpec:
+def get_dslm_bert_layer_spec(table: InitTable, post_ln: bool = False, speed=None,
+                             config: Optional[TransformerConfig] = None) -> ModuleSpec:
     """BERT (padding-mask) layer spec with λ/β residual scaling from ``table`` (Post-LN if ``post_ln``).
 
     ``speed`` may put the speed paths' core attention and linears in (:func:`megatron.perf.layer_spec`;
-    the model class must then come from :func:`megatron.perf.bert_model_class`).
+    the model class must then come from :func:`megatron.perf.bert_model_class`). ``config`` puts its norm in
+    (:func:`norm_module`).
     """
     from megatron.core.models.bert.bert_layer_specs import bert_layer_local_spec
     from megatron import perf
 
-    return _dslm_layer_spec(perf.layer_spec(bert_layer_local_spec, speed or perf.STOCK), table, post_ln)
+    base = _with_norms(bert_layer_local_spec, config)
+    return _dslm_layer_spec(perf.layer_spec(base, speed or perf.STOCK), table, post_ln)
 
 
 def get_dslm_block_spec(config: TransformerConfig, layer_spec: ModuleSpec,
@@ -209,5 +290,6 @@ def get_dslm_block_spec(config: TransformerConfig, layer_spec: ModuleSpec,
         raise ValueError(f"the layer spec's norm placement differs from the config's "
                          f"(apply_residual_connection_post_layernorm={post_ln})")
     # The same list megatron-core builds from a layer spec, with LayerNormImpl as the final norm (Pre-LN).
+    final_norm = norm_module(config) or LayerNormImpl
     return TransformerBlockSubmodules(layer_specs=[layer_spec] * get_num_layers_to_build(config, vp_stage),
-                                      layer_norm=None if post_ln else LayerNormImpl)
+                                      layer_norm=None if post_ln else final_norm)

@@ -32,8 +32,9 @@ _HEAD_ROLES = {
     "pooler.dense.weight": "pooler_std",
     "lm_head.dense.weight": "lm_head_dense_std",
     "binary_head.weight": "binary_head_std",
-    # An untied output layer gets the word-embedding std, so the logits match the tied model's at init.
-    "output_layer.weight": "word_embedding_std",
+    # An untied output layer: the table's output_layer_std (None -> the word-embedding std, so the logits match
+    # the tied model's at init).
+    "output_layer.weight": "output_layer_std",
 }
 _LAYER_ROLES = {
     "linear_proj.weight": "attn_proj_std",
@@ -70,6 +71,18 @@ def qkv_row_std(layer: LayerInit, num_attention_heads: int, num_query_groups: in
     return group.repeat(num_query_groups)
 
 
+def fc1_row_std(layer: LayerInit, ffn_hidden_size: int, gated: bool) -> torch.Tensor:
+    """Per-row std of fc1 (global rows). A gated FFN's fc1 is ``[gate rows | linear rows]`` in the checkpoint's
+    global view (megatron-core stores each TP rank's gate and linear halves side by side and its sharded state
+    dict splits them, so global rows ``0 .. ffn-1`` are the gate); the gate half gets ``gate_std`` (None ->
+    ``fc1_std``)."""
+    up = torch.full((ffn_hidden_size,), float(layer.fc1_std))
+    if not gated:
+        return up
+    gate_std = layer.fc1_std if layer.gate_std is None else layer.gate_std
+    return torch.cat([torch.full((ffn_hidden_size,), float(gate_std)), up])
+
+
 def _is_norm_key(key: str) -> bool:
     # e.g. decoder.layers.input_layernorm.weight, ...linear_qkv.layer_norm_weight, lm_head.layer_norm.bias,
     # decoder.final_layernorm.weight, embedding.embedding_layernorm.weight, decoder.layers.post_mlp_layernorm.*
@@ -83,7 +96,8 @@ def _role_std(key: str, table: InitTable, layer_number: Optional[int], config, r
             return getattr(table, field)
     for suffix, field in _HEAD_ROLES.items():
         if key.endswith(suffix):
-            return getattr(table, field)
+            std = getattr(table, field)
+            return table.word_embedding_std if std is None else std
     is_qkv = key.endswith("linear_qkv.weight")
     layer_field = next((f for s, f in _LAYER_ROLES.items() if key.endswith(s)), None)
     if not is_qkv and layer_field is None:
@@ -94,6 +108,12 @@ def _role_std(key: str, table: InitTable, layer_number: Optional[int], config, r
         raise ValueError(f"InitTable '{table.scheme}' has {len(table.layers)} layers; the model has layer "
                          f"{layer_number}: build the table for the model's --num-layers")
     layer = table.layer(layer_number)
+    if layer_field == "fc1_std":
+        std = fc1_row_std(layer, config.ffn_hidden_size, bool(config.gated_linear_unit))
+        if std.numel() != rows:
+            raise ValueError(f"fc1 '{key}' has {rows} global rows, expected {std.numel()} (ffn hidden size "
+                             f"{config.ffn_hidden_size}{', gated' if config.gated_linear_unit else ''})")
+        return std
     if layer_field is not None:
         return getattr(layer, layer_field)
     head_dim = config.kv_channels or config.hidden_size // config.num_attention_heads
@@ -122,7 +142,9 @@ def _init_one(sh_ten, table: InitTable, seed: int, config) -> None:
         raise RuntimeError(f"'{key}': data shape {tuple(data.shape)} != local shape {sh_ten.local_shape}")
 
     if _is_norm_key(key):
-        data.fill_(0.0 if key.endswith("bias") else 1.0)
+        # --apply-layernorm-1p stores gamma - 1 (megatron.dslm.mcore.specs.ZeroCenteredNorm): gamma = 1 is 0.
+        zero_centered = bool(getattr(config, "layernorm_zero_centered_gamma", False))
+        data.fill_(0.0 if key.endswith("bias") or zero_centered else 1.0)
         return
     if key.endswith("bias"):
         data.zero_()
@@ -150,7 +172,9 @@ def apply_init_table(model: Union[torch.nn.Module, List[torch.nn.Module]], table
             megatron-core's init silently).
 
     Biases start at 0, LayerNorms at (weight 1, bias 0). Tied embedding/output copies share one checkpoint key
-    and so get the same draw on every stage. Gated MLPs (``ShardedTensorFactory`` for fc1) are rejected.
+    and so get the same draw on every stage. A gated fc1 (megatron's ``ShardedTensorFactory``, whose build
+    splits each rank's ``[gate | linear]`` halves into views at their global offsets) is drawn whole as
+    ``[gate; linear]`` and each half copied into its view, so it too is the same at every TP size.
     """
     from megatron.core.dist_checkpointing.dict_utils import nested_values
     from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor, ShardedTensorFactory
@@ -165,9 +189,15 @@ def apply_init_table(model: Union[torch.nn.Module, List[torch.nn.Module]], table
             done = set()
             for item in nested_values(chunk.sharded_state_dict()):
                 if isinstance(item, ShardedTensorFactory):
-                    raise NotImplementedError(
-                        f"'{item.key}' is a ShardedTensorFactory (gated MLP / SwiGLU fc1): apply_init_table "
-                        "does not split it yet; use a non-gated activation (gelu/relu)")
+                    if item.data.data_ptr() not in param_ptrs:
+                        continue
+                    for part in nested_values(item.build()):
+                        if part.data.data_ptr() < item.data.data_ptr() or part.data.untyped_storage().data_ptr() \
+                                != item.data.untyped_storage().data_ptr():
+                            raise RuntimeError(f"'{item.key}': the sharded factory did not return views")
+                        _init_one(part, table, seed, config)
+                    done.add(item.data.data_ptr())
+                    continue
                 if isinstance(item, ShardedObject) or not isinstance(item, ShardedTensor):
                     continue
                 if item.data.data_ptr() not in param_ptrs:

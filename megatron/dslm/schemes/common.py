@@ -12,7 +12,7 @@ from ..contract import InitTable, LayerInit, ModelArch
 # Every table records its depth and norm placement (``build_init_table`` tags post_ln).
 READS_ALWAYS = frozenset({"num_layers", "apply_residual_connection_post_layernorm"})
 READS_RESIDUAL = frozenset({"dslm_k", "residual_lambda_sq", "residual_beta_sq", "allow_unnormalized_residual"})
-READS_XAVIER = READS_ALWAYS | {"hidden_size", "ffn_hidden_size"}
+READS_XAVIER = READS_ALWAYS | {"hidden_size", "ffn_hidden_size", "kv_channels"}  # kv_channels: Q/K/V fan-outs
 
 
 @dataclass(frozen=True)
@@ -96,13 +96,22 @@ def xavier_std(fan_in: int, fan_out: int) -> float:
 
 
 def xavier_layer_stds(arch: ModelArch) -> dict:
-    """Xavier per projection (Q, K, V, O are d -> d; fc1 d -> f; fc2 f -> d)."""
+    """Xavier per projection: Q d -> heads*head_dim, K and V d -> groups*head_dim (GQA), O back to d; fc1
+    d -> f, and for a gated FFN its gate half alike (each half is its own d -> f projection); fc2 f -> d."""
     d, f = arch.hidden_size, arch.ffn_size
-    square = xavier_std(d, d)
+    q_width = arch.num_attention_heads * arch.head_dim
+    kv_width = arch.query_groups * arch.head_dim
+    fc1 = xavier_std(d, f)
     return dict(
-        query_std=square, key_std=square, value_std=square, attn_proj_std=square,
-        fc1_std=xavier_std(d, f), fc2_std=xavier_std(f, d),
+        query_std=xavier_std(d, q_width), key_std=xavier_std(d, kv_width), value_std=xavier_std(d, kv_width),
+        attn_proj_std=xavier_std(q_width, d), fc1_std=fc1, fc2_std=xavier_std(f, d),
+        gate_std=fc1 if arch.gated_linear_unit else None,
     )
+
+
+def untied_output_std(arch: ModelArch, std: float):
+    """``output_layer_std`` for an untied model (None when tied: the output layer is the word embedding)."""
+    return std if arch.untie_embeddings_and_output_weights else None
 
 
 def make_table(scheme: str, embedding_std: float, head_std: float, layers, **extra) -> InitTable:

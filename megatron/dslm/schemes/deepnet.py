@@ -2,6 +2,10 @@
 
 alpha = (2N)^(1/4) up-weights the skip so each update moves the output by O(1) regardless of depth;
 V, O and FFN weights are Xavier times (8N)^(-1/4). Q and K keep Xavier (they do not scale the output).
+
+Gated FFN: the up and down halves are shrunk (the path the output scales with, as fc1/fc2 of the classic FFN);
+the gate keeps Xavier like Q and K: it only modulates, and shrinking it too would make the branch scale as
+(8N)^(-3/4) instead of DeepNet's (8N)^(-1/2). GQA and the untied output layer follow Xavier.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""ReLU and exact-erf GeLU moments for zero-mean Gaussian inputs (docs/theory.md, "Components").
+"""ReLU, exact-erf GeLU and SiLU moments for zero-mean Gaussian inputs (docs/theory.md, "Components").
+
+SiLU (the gate of SwiGLU) has no closed-form Gaussian moments: exact Gauss-Hermite quadrature instead.
 
 Both forward functions return the centred covariance; ``Moments.second_moment_corr`` gives the
 uncentred correlation a following linear layer propagates.
@@ -8,7 +10,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .moments import GradMoments, Moments, from_cov, grad_from_cov
+from .quadrature import expect, expect_pair
 
 
 def _clip_corr(corr: float) -> float:
@@ -65,8 +70,32 @@ def gelu_backward(grad: GradMoments, x: Moments) -> GradMoments:
     return grad_from_cov(grad.var * var_factor, grad.cov * cov_factor)
 
 
+def _silu(z):
+    return z / (1.0 + np.exp(-z))
+
+
+def _silu_grad(z):
+    sig = 1.0 / (1.0 + np.exp(-z))
+    return sig * (1.0 + z * (1.0 - sig))
+
+
+def silu(x: Moments) -> Moments:
+    """SiLU z sigmoid(z) of N(0, var) tokens with correlation corr (1-D / 2-D quadrature)."""
+    mean = expect(_silu, x.var)
+    second = expect(lambda z: _silu(z) ** 2, x.var)
+    cross = expect_pair(_silu, _silu, x.var, _clip_corr(x.corr))
+    return from_cov(mean, second - mean**2, cross - mean**2)
+
+
+def silu_backward(grad: GradMoments, x: Moments) -> GradMoments:
+    """E[SiLU'(x)^2] and E[SiLU'(x_i) SiLU'(x_j)] for the correlated pair (gradient independent of x)."""
+    var_factor = expect(lambda z: _silu_grad(z) ** 2, x.var)
+    cov_factor = expect_pair(_silu_grad, _silu_grad, x.var, _clip_corr(x.corr))
+    return grad_from_cov(grad.var * var_factor, grad.cov * cov_factor)
+
+
 def activation(x: Moments, name: str) -> Moments:
-    """Forward moments of the named activation ("relu" | "gelu")."""
+    """Forward moments of the named activation ("relu" | "gelu" | "silu")."""
     return _FORWARD[name](x)
 
 
@@ -74,5 +103,5 @@ def activation_backward(grad: GradMoments, x: Moments, name: str) -> GradMoments
     return _BACKWARD[name](grad, x)
 
 
-_FORWARD = {"relu": relu, "gelu": gelu}
-_BACKWARD = {"relu": relu_backward, "gelu": gelu_backward}
+_FORWARD = {"relu": relu, "gelu": gelu, "silu": silu}
+_BACKWARD = {"relu": relu_backward, "gelu": gelu_backward, "silu": silu_backward}

@@ -29,8 +29,11 @@ from functools import lru_cache
 
 import numpy as np
 
+from typing import Optional
+
 from .layers import linear, linear_backward
 from .moments import GradMoments, Moments, from_cov, grad_from_cov
+from .rotary import Rotary
 
 
 _HERMITE_NODES, _HERMITE_WEIGHTS = np.polynomial.hermite_e.hermegauss(48)
@@ -82,15 +85,19 @@ class MixingStats:
 @lru_cache(maxsize=4096)
 def mixing_stats(seq_length: int, causal: bool, spread_var: float = 0.0) -> MixingStats:
     """Causal rows see n_i = i keys (GPT), bidirectional rows all L (BERT). O(L) numpy."""
-    length = seq_length
+    return _mixing_stats(seq_length, causal, lambda n: spread_var)
+
+
+def _mixing_stats(length: int, causal: bool, spread_of_row) -> MixingStats:
+    """``spread_of_row(n)``: the within-row logit spread of rows with n keys (a float or an array like n)."""
     n = np.arange(1, length + 1, dtype=np.float64) if causal else np.array([float(length)])
     if causal and length > 128:
         # The row functions are smooth in n: evaluate on 1..64 plus a log grid, interpolate the rest.
         grid = np.unique(np.concatenate([np.arange(1.0, 65.0), np.round(np.geomspace(64.0, length, 64))]))
-        sums = softmax_power_sums(spread_var, grid)
+        sums = softmax_power_sums(spread_of_row(grid.astype(np.int64)), grid)
         sum_sq, sum_cube, sum_fourth = (np.interp(n, grid, values) for values in sums)
     else:
-        sum_sq, sum_cube, sum_fourth = softmax_power_sums(spread_var, n)
+        sum_sq, sum_cube, sum_fourth = softmax_power_sums(spread_of_row(n.astype(np.int64)), n)
     # E[(sum P^2)^2] ~ max(E[sum P^4], E[sum P^2]^2): exact for uniform and for one-hot rows.
     sq_of_sum = np.maximum(sum_fourth, sum_sq**2)
     jacobian = np.maximum(sum_sq - 2.0 * sum_cube + sq_of_sum, 0.0)
@@ -149,11 +156,16 @@ class _HeadInputs:
     stats: MixingStats
 
 
+def _mean_pair_cos(seq_length: int, causal: bool, rotary: Rotary) -> float:
+    rows = np.arange(1, seq_length + 1) if causal else np.array([seq_length])
+    return float(np.mean(rotary.window_mean_cos(rows)))
+
+
 def _head_inputs(x, hidden_size, query_std, key_std, value_std, seq_length, causal) -> _HeadInputs:
     corr = min(1.0, max(0.0, x.second_moment_corr))
     logit_var = attention_logit_var(x, hidden_size, query_std, key_std)
-    spread_var = round((1.0 - corr) * logit_var, 3)  # rounded: a cache key shared by similar layers
     value_var = hidden_size * value_std**2 * x.second_moment
+    spread_var = round((1.0 - corr) * logit_var, 3)  # rounded: a cache key shared by similar layers
     return _HeadInputs(value_var, corr, logit_var, mixing_stats(seq_length, causal, spread_var))
 
 
@@ -171,7 +183,8 @@ def single_head_attention(
 
     Var = sigma_v'^2 [r + e A1 (1/(1-p) - r)]: the token-shared part r survives averaging, the
     independent part is averaged over the ~1/A1 visible keys, and the dropout mask's noise on the
-    row sum adds r p / (1 - p) of the shared part.
+    row sum adds r p / (1 - p) of the shared part. RoPE leaves these moments
+    (``theory.rotary``)
     """
     h = _head_inputs(x, hidden_size, query_std, key_std, value_std, seq_length, causal)
     keep = 1.0 - attention_dropout
@@ -192,25 +205,32 @@ def single_head_attention_backward(
     attention_dropout: float = 0.0,
     causal: bool = False,
     value_path_only: bool = False,
+    rotary: Optional[Rotary] = None,
 ) -> GradMoments:
-    """Gradient w.r.t. the attention input X (one head) through the value, query and key projections."""
+    """Gradient w.r.t. the attention input X (one head) through the value, query and key projections.
+
+    ``rotary``: RoPE on Q and K. Two queries i, i' then share their logits to key j only through c(i - i')
+    of the token-shared part, so the column coherence below uses r c_bar instead of r (c_bar: the mean
+    lag cosine over the query pairs, ``theory.rotary``).
+    """
     h = _head_inputs(x, hidden_size, query_std, key_std, value_std, seq_length, causal)
     keep = 1.0 - attention_dropout
     r, r_g, s = h.corr, grad.corr, h.stats
     # Two queries i, i' see key j through logits sharing k_j: their centred logits covary by
     # r (1 - r) s, so column sums of P fluctuate and the correlated gradient adds up more coherently.
-    column_inflation = math.exp(min(50.0, r * (1.0 - r) * h.logit_var))
+    r_col = r if rotary is None else r * _mean_pair_cos(seq_length, causal, rotary)
+    column_inflation = math.exp(min(50.0, r_col * (1.0 - r) * h.logit_var))
     value_path = head_dim * value_std**2 * grad.var * (s.sum_sq / keep + r_g * s.col_cross * column_inflation)
     value_cov = head_dim * value_std**2 * grad.var * (s.col_pair_diag + r_g * s.col_pair_cross)
     if value_path_only:
         return grad_from_cov(value_path, value_cov)
     query_var = hidden_size * query_std**2 * x.second_moment
     key_var = hidden_size * key_std**2 * x.second_moment
-    centred = max(0.0, 1.0 / keep - r)
+    centred = max(0.0, 1.0 / keep - h.corr)  # values are never rotated
     common = grad.var * h.value_var
     query_path = head_dim * query_std**2 * common * key_var * centred * (1.0 - r) * s.jacobian
     key_path = head_dim * key_std**2 * common * query_var * (
-        centred * s.jacobian + r_g * r * (1.0 - r) * s.col_cross
+        centred * s.jacobian + r_g * r_col * (1.0 - r) * s.col_cross
     )
     return grad_from_cov(value_path + query_path + key_path, value_cov)
 
@@ -229,6 +249,16 @@ class AttentionConfig:
     seq_length: int
     attention_dropout: float = 0.0
     causal: bool = False
+    # Grouped-query attention: heads share K/V within groups. The moments at init are those of MHA (every
+    # head's output and gradient meets an independent block of W_O, so shared K/V add no cross terms);
+    # only the K/V projections' fan-out (num_query_groups * head_dim) changes, which schemes account for.
+    num_query_groups: Optional[int] = None
+    rotary: Optional[Rotary] = None  # RoPE on Q and K (changes the backward only, ``theory.rotary``)
+
+    def __post_init__(self):
+        groups = self.num_query_groups or self.num_heads
+        if groups < 1 or self.num_heads % groups:
+            raise ValueError(f"{self.num_heads} attention heads are not divisible into {groups} query groups")
 
     def head_args(self) -> tuple:
         """(query_std, key_std, value_std, seq_length, attention_dropout, causal) for the single-head functions."""
@@ -244,5 +274,6 @@ def multi_head_attention(x: Moments, cfg: AttentionConfig) -> Moments:
 def multi_head_attention_backward(grad: GradMoments, x: Moments, cfg: AttentionConfig) -> GradMoments:
     """W_O^T spreads the gradient over the heads; each head's input gradient adds (independent weights)."""
     head_grad = linear_backward(grad, cfg.hidden_size, cfg.out_std)
-    per_head = single_head_attention_backward(head_grad, x, cfg.hidden_size, cfg.head_dim, *cfg.head_args())
+    per_head = single_head_attention_backward(head_grad, x, cfg.hidden_size, cfg.head_dim, *cfg.head_args(),
+                                              rotary=cfg.rotary)
     return per_head.scaled(cfg.num_heads)

@@ -6,7 +6,7 @@ backward needs; ``*_backward`` maps the gradient at the layer output to the grad
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..contract import LayerInit, ModelArch
 from .activations import activation, activation_backward
@@ -21,7 +21,21 @@ from .layers import (
     residual_merge,
     residual_merge_backward,
 )
+from .gated import GatedFFN, gated_ffn, gated_ffn_backward
 from .moments import GradMoments, Moments
+from .rmsnorm import rmsnorm, rmsnorm_backward
+from .rotary import Rotary
+
+
+def norm(x: Moments, arch: ModelArch) -> Moments:
+    """The block's normalisation (``arch.normalization``: LayerNorm or RMSNorm), unit gain."""
+    return rmsnorm(x, arch.hidden_size) if arch.normalization == "RMSNorm" else layernorm(x, arch.hidden_size)
+
+
+def norm_backward(grad: GradMoments, x: Moments, arch: ModelArch) -> GradMoments:
+    if arch.normalization == "RMSNorm":
+        return rmsnorm_backward(grad, x, arch.hidden_size)
+    return layernorm_backward(grad, x, arch.hidden_size)
 
 
 def ffn(x: Moments, hidden_size: int, ffn_size: int, fc1_std: float, fc2_std: float, activation_name: str) -> Moments:
@@ -72,40 +86,63 @@ class LayerTrace:
 
 def attention_config(layer: LayerInit, arch: ModelArch) -> AttentionConfig:
     """The attention block of ``layer``: causal for GPT, bidirectional for BERT."""
+    rope = arch.position_embedding_type == "rope"
+    rotary = Rotary(arch.head_dim, arch.rotary_base, arch.rotary_percent) if rope else None
     return AttentionConfig(
         arch.hidden_size, arch.num_attention_heads, arch.head_dim, layer.query_std, layer.key_std,
         layer.value_std, layer.attn_proj_std, arch.seq_length, arch.attention_dropout, arch.model_type == "gpt",
+        num_query_groups=arch.query_groups, rotary=rotary,
     )
 
 
+def _attention_config_for(x: Moments, layer: LayerInit, arch: ModelArch) -> AttentionConfig:
+    """``--qk-layernorm`` normalises Q and K per head: equivalent, for every moment, to the stds that give
+    unit-variance Q and K for this input, 1 / sqrt(d E[x^2])."""
+    cfg = attention_config(layer, arch)
+    if not arch.qk_layernorm:
+        return cfg
+    unit = (arch.hidden_size * x.second_moment) ** -0.5
+    return replace(cfg, query_std=unit, key_std=unit)
+
+
 def _attention_branch(x: Moments, layer: LayerInit, arch: ModelArch) -> Moments:
-    return dropout(multi_head_attention(x, attention_config(layer, arch)), arch.hidden_dropout)
+    return dropout(multi_head_attention(x, _attention_config_for(x, layer, arch)), arch.hidden_dropout)
 
 
 def _attention_branch_backward(grad: GradMoments, x: Moments, layer: LayerInit, arch: ModelArch) -> GradMoments:
     g = dropout_backward(grad, arch.hidden_dropout)
-    return multi_head_attention_backward(g, x, attention_config(layer, arch))
+    return multi_head_attention_backward(g, x, _attention_config_for(x, layer, arch))
+
+
+def gated_config(layer: LayerInit, arch: ModelArch) -> GatedFFN:
+    gate_std = layer.fc1_std if layer.gate_std is None else layer.gate_std
+    return GatedFFN(arch.hidden_size, arch.ffn_size, gate_std, layer.fc1_std, layer.fc2_std, arch.activation)
 
 
 def _mlp_branch(x: Moments, layer: LayerInit, arch: ModelArch) -> Moments:
-    out = ffn(x, arch.hidden_size, arch.ffn_size, layer.fc1_std, layer.fc2_std, arch.activation)
+    if arch.gated_linear_unit:
+        out = gated_ffn(x, gated_config(layer, arch))
+    else:
+        out = ffn(x, arch.hidden_size, arch.ffn_size, layer.fc1_std, layer.fc2_std, arch.activation)
     return dropout(out, arch.hidden_dropout)
 
 
 def _mlp_branch_backward(grad: GradMoments, x: Moments, layer: LayerInit, arch: ModelArch) -> GradMoments:
     g = dropout_backward(grad, arch.hidden_dropout)
+    if arch.gated_linear_unit:
+        return gated_ffn_backward(g, x, gated_config(layer, arch))
     return ffn_backward(g, x, arch.hidden_size, arch.ffn_size, layer.fc1_std, layer.fc2_std, arch.activation)
 
 
 def _pre_ln_sublayer(x, layer, arch, branch, lambda_, beta) -> SublayerTrace:
-    normed = layernorm(x, arch.hidden_size)
+    normed = norm(x, arch)
     out = branch(normed, layer, arch)
     return SublayerTrace(x, normed, out, residual_merge(x, out, lambda_, beta), lambda_, beta)
 
 
 def _pre_ln_sublayer_backward(grad, trace: SublayerTrace, layer, arch, branch_backward) -> GradMoments:
     g = branch_backward(grad, trace.branch_in, layer, arch)
-    g = layernorm_backward(g, trace.x, arch.hidden_size)
+    g = norm_backward(g, trace.x, arch)
     return residual_merge_backward(grad, g, trace.lambda_, trace.beta)
 
 
@@ -113,7 +150,8 @@ def pre_ln_layer(x: Moments, layer: LayerInit, arch: ModelArch) -> LayerTrace:
     """x + attn(LN(x)), then + mlp(LN(.)), each merge lambda * skip + beta * branch."""
     attn = _pre_ln_sublayer(x, layer, arch, _attention_branch, layer.attn_lambda, layer.attn_beta)
     mlp = _pre_ln_sublayer(attn.merged, layer, arch, _mlp_branch, layer.mlp_lambda, layer.mlp_beta)
-    logit_var = attention_logit_var(attn.branch_in, arch.hidden_size, layer.query_std, layer.key_std)
+    cfg = _attention_config_for(attn.branch_in, layer, arch)
+    logit_var = attention_logit_var(attn.branch_in, arch.hidden_size, cfg.query_std, cfg.key_std)
     return LayerTrace(attn, mlp, logit_var, mlp.merged)
 
 
@@ -125,7 +163,7 @@ def pre_ln_layer_backward(grad: GradMoments, trace: LayerTrace, layer: LayerInit
 def _post_ln_sublayer(x, layer, arch, branch, lambda_, beta):
     out = branch(x, layer, arch)
     merged = residual_merge(x, out, lambda_, beta)
-    return SublayerTrace(x, x, out, merged, lambda_, beta), layernorm(merged, arch.hidden_size)
+    return SublayerTrace(x, x, out, merged, lambda_, beta), norm(merged, arch)
 
 
 def _post_ln_sublayer_backward(grad, fresh_share, trace: SublayerTrace, layer, arch, branch_backward):
@@ -152,7 +190,8 @@ def post_ln_layer(x: Moments, layer: LayerInit, arch: ModelArch) -> LayerTrace:
     """LN(lambda x + beta attn(x)), then LN(lambda y + beta mlp(y)) (original BERT / DeepNet ordering)."""
     attn, normed = _post_ln_sublayer(x, layer, arch, _attention_branch, layer.attn_lambda, layer.attn_beta)
     mlp, out = _post_ln_sublayer(normed, layer, arch, _mlp_branch, layer.mlp_lambda, layer.mlp_beta)
-    logit_var = attention_logit_var(x, arch.hidden_size, layer.query_std, layer.key_std)
+    cfg = _attention_config_for(x, layer, arch)
+    logit_var = attention_logit_var(x, arch.hidden_size, cfg.query_std, cfg.key_std)
     return LayerTrace(attn, mlp, logit_var, out)
 
 

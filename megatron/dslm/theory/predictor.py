@@ -55,8 +55,12 @@ class Profile:
 
 
 def embedding_moments(arch: ModelArch, table: InitTable) -> Moments:
-    """Summed word + position (+ token type) lookups, optional LayerNorm (Post-LN BERT), then dropout."""
-    stds = [table.word_embedding_std, table.position_embedding_std]
+    """Summed word + learned position (+ token type) lookups, optional LayerNorm (Post-LN BERT), then dropout.
+
+    RoPE and "none" have no position table: the word table alone."""
+    stds = [table.word_embedding_std]
+    if arch.position_embedding_type == "learned_absolute":
+        stds.append(table.position_embedding_std)
     if arch.num_tokentypes > 0:
         stds.append(table.tokentype_embedding_std)
     summed = Moments(0.0, sum(std**2 for std in stds), arch.embedding_corr)
