@@ -14,7 +14,7 @@ export HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 markers=(-m "not slow")
 if [ "${CI:-}" = "true" ] || [ "${RUN_SLOW:-0}" = "1" ]; then markers=(); fi
 set +e
-python -m pytest -p no:cacheprovider "${markers[@]}" "$@"
+python -m pytest -p no:cacheprovider --durations=30 "${markers[@]}" "$@"
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then echo "pytest collected no tests"; exit 1; fi

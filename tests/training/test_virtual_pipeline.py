@@ -56,7 +56,7 @@ def test_pp2_vp2_gpt_matches_single_process(runs):
 @pytest.mark.dist
 def test_observers_see_the_global_layers_once(runs):
     ref, vp = _moments(runs["tmp"] / "ref.jsonl"), _moments(runs["tmp"] / "vp.jsonl")
-    ref = {k: v for k, v in ref.items() if k[0] <= 3}
+    ref = {k: v for k, v in ref.items() if k[0] < 3}  # 3 steps taken: moments at iterations 0, 1, 2
     assert sorted(vp) == sorted(ref) and sorted({layer for _, layer in vp}) == [0, 1, 2, 3, 4]
     for key, rec in ref.items():
         assert sorted(vp[key]) == sorted(rec), key
