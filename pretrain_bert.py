@@ -49,6 +49,7 @@ def add_bert_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--masking-max-ngram", type=int, default=3, help="Longest n-gram masked as one unit.")
     add("--no-masking-full-word", action="store_false", dest="masking_do_full_word",
         help="Mask word pieces independently instead of whole words.")
+    parser.set_defaults(model_family="bert")  # what --dry-run describes (pretrain_gpt.py's is the default)
     return parser
 
 

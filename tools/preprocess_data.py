@@ -42,13 +42,21 @@ def parse_args(argv=None):
     g.add_argument("--keep-newlines", action="store_true",
                    help="keep newlines between sentences when splitting")
     g = p.add_argument_group("tokenizer")
-    g.add_argument("--tokenizer-type", required=True,
-                   choices=["BertWordPieceLowerCase", "BertWordPieceCase", "GPT2BPETokenizer",
-                            "HuggingFaceTokenizer", "NullTokenizer"])
+    from megatron.training.tokenizers.build import (DEFAULT_TOKENIZER_TYPE, REFUSED_TOKENIZER_TYPES,
+                                                    TOKENIZER_TYPES)
+    g.add_argument("--tokenizer-type", default=DEFAULT_TOKENIZER_TYPE,
+                   choices=list(TOKENIZER_TYPES) + sorted(REFUSED_TOKENIZER_TYPES),
+                   help=f"default {DEFAULT_TOKENIZER_TYPE} (as upstream)")
     g.add_argument("--vocab-file", default=None)
     g.add_argument("--merge-file", default=None)
-    g.add_argument("--tokenizer-model", default=None, help="tokenizer.json or its directory")
-    g.add_argument("--vocab-size", type=int, default=None, help="NullTokenizer only")
+    g.add_argument("--tokenizer-model", default=None,
+                   help="tokenizer.json or its directory (HuggingFaceTokenizer), SentencePiece tokenizer.model, "
+                        "tiktoken JSON vocabulary (TikTokenizer)")
+    g.add_argument("--vocab-size", type=int, default=None, help="NullTokenizer, TikTokenizer")
+    g.add_argument("--vocab-extra-ids", type=int, default=0, help="SentencePieceTokenizer: <extra_id_k> tokens")
+    g.add_argument("--tiktoken-pattern", default="v2", choices=["v1", "v2"], help="TikTokenizer")
+    g.add_argument("--tiktoken-num-special-tokens", type=int, default=1000, help="TikTokenizer")
+    g.add_argument("--tokenizer-special-tokens", nargs="+", default=None, help="TikTokenizer")
     g.add_argument("--append-eod", action="store_true", help="end each document with EOD")
     g.add_argument("--lang", default="english", help="Punkt model for --split-sentences")
     g = p.add_argument_group("output data")
@@ -73,13 +81,10 @@ _worker = {}
 
 def _init_worker(args):
     from megatron.core.datasets.indexed_dataset import DType
-    from megatron.training.tokenizers import build_tokenizer
+    from megatron.training.tokenizers import build_tokenizer_from_args
     from megatron.training.tokenizers.sentences import build_sentence_splitter
 
-    _worker["tokenizer"] = build_tokenizer(args.tokenizer_type, vocab_file=args.vocab_file,
-                                           merge_file=args.merge_file,
-                                           tokenizer_model=args.tokenizer_model,
-                                           vocab_size=args.vocab_size)
+    _worker["tokenizer"] = build_tokenizer_from_args(args)
     _worker["split"] = (build_sentence_splitter(args.lang, args.keep_newlines)
                         if args.split_sentences else None)
     _worker["keys"] = args.json_keys
@@ -176,7 +181,7 @@ def _scan_lines(path):
 
 def run(args):
     from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
-    from megatron.training.tokenizers import TokenizerError, build_tokenizer
+    from megatron.training.tokenizers import TokenizerError, build_tokenizer_from_args
 
     if not os.path.isfile(args.input):
         raise PreprocessError(f"input file not found: {args.input}")
@@ -184,9 +189,7 @@ def run(args):
     if not has_content:
         raise PreprocessError(f"input file {args.input} is empty: no documents to preprocess")
     try:
-        tokenizer = build_tokenizer(args.tokenizer_type, vocab_file=args.vocab_file,
-                                    merge_file=args.merge_file,
-                                    tokenizer_model=args.tokenizer_model, vocab_size=args.vocab_size)
+        tokenizer = build_tokenizer_from_args(args)
         _init_worker(args)  # also builds the sentence splitter: fail here, not in a worker
         if args.append_eod:
             tokenizer.eod

@@ -52,8 +52,19 @@ class ModelFlags:
     qk_layernorm: bool = _f(False, "Whether to layer normalize the q and k attention embeddings (per head, "
                             "with --normalization).")
     attention_backend: str = _f("auto", "Attention core: 'local' (megatron-core's unfused), 'sdpa' "
-                                "(torch scaled_dot_product_attention), 'auto' (the fastest available).",
-                                choices=["auto", "local", "sdpa"])
+                                "(torch scaled_dot_product_attention), 'auto' (the fastest available). Upstream's "
+                                "values: 'unfused' runs 'local', 'flash' runs 'sdpa' (torch's FlashAttention "
+                                "kernels on CUDA in fp16/bf16), 'fused' (cuDNN through Transformer Engine) is "
+                                "refused at start-up.",
+                                choices=["auto", "local", "sdpa", "flash", "fused", "unfused"])
+    use_flash_attn: bool = _f(False, "use FlashAttention implementation of attention (upstream's older spelling "
+                              "of --attention-backend flash).")
+    attention_softmax_in_fp32: bool = _f(False, "Run attention masking and softmax in fp32 (megatron-core's "
+                                         "local core attention under fp16/bf16).")
+    transformer_impl: str = _f("local", "Transformer implementation: 'local' (megatron-core's modules; the only "
+                               "one here, so the default, where upstream's is transformer_engine). "
+                               "'transformer_engine' and 'inference_optimized' are refused at start-up with the "
+                               "reason.", choices=["local", "transformer_engine", "inference_optimized"])
     linear_impl: str = _f("torch", "TP linears: 'torch' (F.linear with the bias folded in wherever the layer "
                           "has nothing to communicate, i.e. TP=1 without sequence parallelism or fused grad "
                           "accumulation; megatron-core's own path otherwise) or 'megatron' (always "
@@ -99,6 +110,9 @@ class ParallelFlags:
     ddp_average_in_collective: bool = _f(False, "If set, average directly in data-parallel communication "
                                          "collective.")
     cpu: bool = _f(False, "Force CPU mode (gloo) even when CUDA is available.")
+    distributed_backend: str = _f("nccl", "Which backend to use for distributed training: nccl on GPUs (CPU mode "
+                                  "always runs gloo); gloo needs CPU mode (--cpu or no GPU).",
+                                  choices=["nccl", "gloo"])
     distributed_timeout_minutes: int = _f(10, "Timeout of collective operations.")
 
 
@@ -106,14 +120,26 @@ class ParallelFlags:
 class TrainingFlags:
     micro_batch_size: Optional[int] = _f(None, "Samples per micro-batch per data-parallel rank.")
     global_batch_size: Optional[int] = _f(None, "Samples per optimizer step; default micro x DP.")
-    train_iters: Optional[int] = _f(None, "Number of optimizer steps.")
+    train_iters: Optional[int] = _f(None, "Number of optimizer steps (or give --train-samples).")
+    train_samples: Optional[int] = _f(None, "Total number of samples to train over all training runs; sets "
+                                      "--train-iters to train-samples // global batch size. Use this or "
+                                      "--train-iters.")
     lr: Optional[float] = _f(None, "Peak learning rate.")
     min_lr: float = _f(0.0, "Learning rate floor of the decay.")
     lr_decay_style: str = _f("linear", "Decay after warmup.", choices=["constant", "linear", "cosine",
                                                                       "inverse-square-root"])
     lr_decay_iters: Optional[int] = _f(None, "Steps over which to decay; default --train-iters.")
-    lr_warmup_fraction: Optional[float] = _f(None, "Warmup as a fraction of the decay steps.")
+    lr_decay_samples: Optional[int] = _f(None, "Samples over which to decay the learning rate (sample-based "
+                                         "training); default --train-samples.")
+    lr_warmup_fraction: Optional[float] = _f(None, "Warmup as a fraction of the decay steps (or samples).")
     lr_warmup_iters: int = _f(0, "Warmup steps (use this or --lr-warmup-fraction).")
+    lr_warmup_samples: int = _f(0, "Samples to warm the learning rate up over linearly (sample-based training).")
+    lr_warmup_init: float = _f(0.0, "Initial value for learning rate warmup. The scheduler starts warmup from "
+                               "this value.")
+    optimizer: str = _f("adam", "Optimizer function: adam (AdamW, decoupled weight decay) or sgd (with "
+                        "--sgd-momentum); upstream's muon/lion/soap are refused at start-up.",
+                        choices=["adam", "sgd", "muon", "dist_muon", "lion", "soap", "adaptive_muon"])
+    sgd_momentum: float = _f(0.9, "Momentum factor for sgd.")
     weight_decay: float = _f(0.01, "Decoupled weight decay (AdamW).")
     clip_grad: float = _f(1.0, "Clip the global gradient norm to this (0 = off).")
     check_for_nan_in_loss_and_grad: bool = _f(
@@ -162,15 +188,19 @@ class TrainingFlags:
 @dataclass
 class DataFlags:
     data_path: List[str] = _f([], "Indexed dataset prefixes, optionally weighted: '0.7 a 0.3 b'.", nargs="*")
-    split: str = _f("969,30,1", "Train/valid/test split of --data-path documents.")
+    split: str = _f("969,30,1", "Train/valid/test split of --data-path documents (quotes around it, as some "
+                    "launch scripts pass them, are ignored).")
     mock_data: bool = _f(False, "Synthetic random token ids (smoke tests; breaks DSLM's correlation premise).")
-    tokenizer_type: Optional[str] = _f(None, "BertWordPieceLowerCase, BertWordPieceCase, GPT2BPETokenizer, "
-                                       "HuggingFaceTokenizer or NullTokenizer.")
+    tokenizer_type: Optional[str] = _f(None, "What type of tokenizer to use (upstream's names). Default: the "
+                                       "entry script's (pretrain_gpt.py GPT2BPETokenizer, pretrain_bert.py "
+                                       "BertWordPieceLowerCase); NullTokenizer with --mock-data and no vocabulary "
+                                       "file.")
     vocab_file: Optional[str] = _f(None, "vocab.txt (WordPiece) or vocab.json (GPT-2 BPE).")
     merge_file: Optional[str] = _f(None, "merges.txt (GPT-2 BPE).")
     tokenizer_model: Optional[str] = _f(None, "tokenizer.json or its directory (HuggingFaceTokenizer).")
     data_cache_path: Optional[str] = _f(None, "Where megatron-core caches dataset indices.")
-    num_workers: int = _f(0, "DataLoader worker processes.")
+    num_workers: int = _f(2, "Dataloader number of workers (upstream's default 2; 0 loads in the training "
+                          "process).")
     mask_prob: float = _f(0.15, "BERT: probability of masking a token.")
     short_seq_prob: float = _f(0.1, "BERT: probability of a shorter sample.")
     bert_no_binary_head: bool = _f(False, "BERT: drop the sentence-order/next-sentence head.")
@@ -189,13 +219,34 @@ class LoggingFlags:
     no_load_rng: bool = _f(False, "Do not restore RNG state.")
     finetune: bool = _f(False, "Load model weights only and start at iteration 0.")
     eval_interval: int = _f(1000, "Evaluate on the validation split every N iterations.")
-    eval_iters: int = _f(10, "Validation micro-batches per evaluation (0 = no evaluation).")
+    eval_iters: int = _f(100, "Validation micro-batches per evaluation (0 = no evaluation); upstream's "
+                         "default 100.")
+    skip_train: bool = _f(False, "If set, bypass the training loop, perform evaluation for validation and exit.")
     log_interval: int = _f(100, "Print a log line every N iterations.")
     tensorboard_dir: Optional[str] = _f(None, "TensorBoard log directory.")
     metrics_file: Optional[str] = _f(None, "JSONL metrics, one line per log interval and per evaluation "
                                      "(appended on resume); default <tensorboard-dir>/metrics.jsonl, else "
                                      "<save>/metrics.jsonl, else none.")
     exit_interval: Optional[int] = _f(None, "Stop after this iteration (testing interruptions).")
+    exit_duration_in_mins: Optional[int] = _f(None, "Exit the program after this many minutes (checked after "
+                                              "every iteration, agreed by all ranks; saves first with --save).")
+    log_throughput: bool = _f(False, "If set, calculate and log throughput per GPU (model TFLOP/s per device "
+                              "from the analytic FLOP count, with the tokens/s already printed).")
+    tensorboard_log_interval: int = _f(1, "Report to tensorboard interval.")
+    log_timers_to_tensorboard: bool = _f(False, "If set, write timers to tensorboard (iteration-time).")
+    log_validation_ppl_to_tensorboard: bool = _f(False, "If set, write validation perplexity to tensorboard.")
+    wandb_project: Optional[str] = _f(None, "The wandb project name (needs the optional wandb package; "
+                                      "WANDB_MODE=offline works without a network). Ignore wandb by default.")
+    wandb_exp_name: Optional[str] = _f(None, "The wandb experiment name.")
+    wandb_save_dir: Optional[str] = _f(None, "Path to save the wandb results locally; default "
+                                       "<save>/wandb.")
+    ckpt_format: str = _f("torch_dist", "Checkpoint format: torch_dist (megatron-core's distributed checkpoint, "
+                          "the only one written here); the others are refused at start-up.",
+                          choices=["torch", "torch_dist", "torch_dcp", "fsdp_dtensor"])
+    dry_run: bool = _f(False, "Parse and validate the flags against WORLD_SIZE (default TP x PP), print the "
+                       "resolved configuration (model shape, parallel layout, schedule, init scheme and "
+                       "lambda/beta, parameters per pipeline stage, pipeline bubble) and exit 0 without building "
+                       "a model, starting process groups or reading data.")
 
 
 FLAG_GROUPS = (ModelFlags, DSLMFlags, ParallelFlags, TrainingFlags, DataFlags, LoggingFlags)
@@ -232,11 +283,26 @@ def add_flag_group(parser: argparse.ArgumentParser, group_cls) -> None:
         group.add_argument(flag, type=conv, default=default, help=help_text, **meta)
 
 
+class MegatronArgumentParser(argparse.ArgumentParser):
+    """Knows every upstream Megatron-LM flag: the ones not defined here stop the parse with one line naming each
+    and why (``megatron.training.upstream_flags``), exit status 2, instead of argparse's generic error."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        from megatron.training.upstream_flags import check_refused
+
+        namespace, extras = super().parse_known_args(args, namespace)
+        check_refused(self, namespace)
+        return namespace, extras
+
+
 def build_parser(extra_args_provider=None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Megatron-style training on megatron-core with DeepScaleLM",
-                                     allow_abbrev=False)
+    from megatron.training.upstream_flags import add_upstream_flags
+
+    parser = MegatronArgumentParser(description="Megatron-style training on megatron-core with DeepScaleLM",
+                                    allow_abbrev=False)
     for group_cls in FLAG_GROUPS:
         add_flag_group(parser, group_cls)
     if extra_args_provider is not None:
         parser = extra_args_provider(parser) or parser
+    add_upstream_flags(parser)  # last: whatever is defined by now is honoured, the rest refused by name
     return parser

@@ -112,13 +112,24 @@ class TrainingLogger:
         self.nan_iters = 0
         self.grad_norm = None
         self.writer = None
+        self.wandb = None
         self.metrics = None
+        self.last_record = time.time()
+        self.flops_per_iteration = None
+        if getattr(args, "log_throughput", False):
+            from megatron.training.model_setup import model_arch_from_args
+            from megatron.training.model_size import flops_per_token
+
+            arch = model_arch_from_args(args, getattr(args, "model_family", "gpt"))
+            self.flops_per_iteration = flops_per_token(arch) * args.global_batch_size * args.seq_length
         if not global_vars.is_last_rank():
             return
         if args.tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=args.tensorboard_dir)
+        if getattr(args, "wandb_project", None):
+            self.wandb = _start_wandb(args)
         path = metrics_path(args)
         if path:
             self.metrics = MetricsWriter(path)
@@ -138,12 +149,32 @@ class TrainingLogger:
             self.sums[k] = self.sums.get(k, 0.0) + v
             self.counts[k] = self.counts.get(k, 0) + 1
         self.grad_norm = None if grad_norm is None else float(grad_norm)
+        now = time.time()
+        step_time, self.last_record = now - self.last_record, now
+        if iteration % getattr(self.args, "tensorboard_log_interval", 1):
+            return
+        scalars = dict(losses)
+        scalars["learning-rate"] = lr
+        scalars["batch-size"] = self.args.global_batch_size
+        if grad_norm is not None:
+            scalars["grad-norm"] = float(grad_norm)
+        if getattr(self.args, "log_timers_to_tensorboard", False):
+            scalars["iteration-time"] = step_time
+        if self.flops_per_iteration is not None:
+            scalars["throughput"] = self._tflops_per_device(step_time)
+        self._scalars(scalars, iteration)
+
+    def _scalars(self, values: Dict[str, float], iteration: int):
+        """The same scalars to TensorBoard and Weights & Biases (whichever is on)."""
         if self.writer is not None:
-            for k, v in losses.items():
+            for k, v in values.items():
                 self.writer.add_scalar(k, v, iteration)
-            self.writer.add_scalar("learning-rate", lr, iteration)
-            if grad_norm is not None:
-                self.writer.add_scalar("grad-norm", grad_norm, iteration)
+        if self.wandb is not None:
+            self.wandb.log(values, step=iteration)
+
+    def _tflops_per_device(self, seconds_per_iteration: float) -> float:
+        world = max(getattr(self.args, "world_size", None) or 1, 1)
+        return self.flops_per_iteration / max(seconds_per_iteration, 1e-9) / world / 1e12
 
     def maybe_print(self, iteration: int, lr: float, loss_scale: float, force: bool = False):
         """At every log interval (and the last iteration, or when ``force``d: a run about to stop early): one
@@ -160,9 +191,10 @@ class TrainingLogger:
         parts = [f" iteration {iteration:8d}/{a.train_iters:8d}",
                  f"consumed samples: {iteration * a.global_batch_size:12d}",
                  f"elapsed time per iteration (ms): {per_iter * 1000:.1f}",
-                 f"tokens/s: {tokens_per_s:.0f}",
-                 f"learning rate: {lr:.6E}",
-                 f"global batch size: {a.global_batch_size:5d}"]
+                 f"tokens/s: {tokens_per_s:.0f}"]
+        if self.flops_per_iteration is not None:
+            parts.append(f"throughput per GPU (TFLOP/s/GPU): {self._tflops_per_device(per_iter):.1f}")
+        parts += [f"learning rate: {lr:.6E}", f"global batch size: {a.global_batch_size:5d}"]
         parts += [f"{k}: {v:.6E}" for k, v in means.items()]
         if a.fp16:
             parts.append(f"loss scale: {loss_scale:.1f}")
@@ -177,6 +209,8 @@ class TrainingLogger:
                       "consumed_samples": iteration * a.global_batch_size, "iteration_time_s": per_iter,
                       "tokens_per_s": tokens_per_s, "elapsed_s": elapsed, "skipped": self.skipped,
                       "nan_iterations": self.nan_iters}
+            if self.flops_per_iteration is not None:
+                record["tflops_per_device"] = self._tflops_per_device(per_iter)
             if a.fp16:
                 record["loss_scale"] = loss_scale
             self.metrics.write(record)
@@ -194,14 +228,17 @@ class TrainingLogger:
         split = "validation (end of training)" if end_of_training else "validation"
         parts = [f" {split} loss at iteration {iteration}"]
         record = {"split": "validation", "iteration": iteration, "end_of_training": end_of_training}
+        scalars = {}
         for k, v in sorted(results.items()):
             parts.append(f"{k} value: {v:.6E}")
             record[k] = v
+            scalars[f"{split}/{k}"] = v
             if "loss" in k:
                 parts.append(f"{k} PPL: {perplexity(v):.6E}")
                 record[f"{k} PPL"] = perplexity(v)
-            if self.writer is not None:
-                self.writer.add_scalar(f"{split}/{k}", v, iteration)
+                if getattr(self.args, "log_validation_ppl_to_tensorboard", False):
+                    scalars[f"{split}/{k} ppl"] = perplexity(v)
+        self._scalars(scalars, iteration)
         line = " | ".join(parts) + " |"
         print_rank_last("-" * len(line) + "\n" + line + "\n" + "-" * len(line))
         if self.metrics is not None and results:
@@ -210,8 +247,20 @@ class TrainingLogger:
     def close(self):
         if self.writer is not None:
             self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()
         if self.metrics is not None:
             self.metrics.close()
+
+
+def _start_wandb(args):
+    """A Weights & Biases run on the last rank (upstream's flags; WANDB_MODE=offline works without a network)."""
+    import wandb
+
+    save_dir = args.wandb_save_dir or os.path.join(args.save or ".", "wandb")
+    os.makedirs(save_dir, exist_ok=True)
+    config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None), list))}
+    return wandb.init(project=args.wandb_project, name=args.wandb_exp_name or None, dir=save_dir, config=config)
 
 
 # --------------------------------------------------------------------------------------------- moments

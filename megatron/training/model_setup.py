@@ -58,6 +58,9 @@ def _transformer_config(TransformerConfig, args, dtype, recompute):
         **fusions_from_args(args),
         # Pre-/Post-LN: the model builders read it from here alone (megatron.dslm.mcore.models).
         apply_residual_connection_post_layernorm=args.apply_residual_connection_post_layernorm,
+        # megatron-core's local core attention: mask + softmax in fp32 under fp16/bf16 (torch's SDPA kernels
+        # already keep the softmax in fp32)
+        attention_softmax_in_fp32=getattr(args, "attention_softmax_in_fp32", False),
         **recompute,
     )
 

@@ -45,18 +45,19 @@ def initialize_megatron(extra_args_provider=None, args_defaults=None, argv=None)
     """Parse and validate flags, start the process groups (gloo on CPU), seed, build the tokenizer."""
     from megatron.training.initialize import initialize_distributed, set_random_seed
     from megatron.training.model_setup import resolve_embedding_corr
-    from megatron.training.tokenizers import build_tokenizer
+    from megatron.training.tokenizers import build_tokenizer_from_args
 
     args = parse_args(extra_args_provider, args_defaults, argv)
+    if getattr(args, "dry_run", False):  # validate and describe the run, then exit 0: no groups, model or data
+        from megatron.training.dry_run import dry_run
+
+        dry_run(args)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     validate_args(args, world_size)  # before any process group: bad input fails fast on every rank
     initialize_distributed(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
                            force_cpu=args.cpu, timeout_minutes=args.distributed_timeout_minutes)
     _set_virtual_pipeline(args)
-    tokenizer = build_tokenizer(args.tokenizer_type, vocab_file=args.vocab_file, merge_file=args.merge_file,
-                                tokenizer_model=args.tokenizer_model, vocab_size=args.vocab_size,
-                                make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
-                                tensor_model_parallel_size=args.tensor_model_parallel_size)
+    tokenizer = build_tokenizer_from_args(args)
     args.padded_vocab_size = tokenizer.padded_vocab_size
     corr_source = resolve_embedding_corr(args)
     global_vars.set_args(args)
@@ -133,7 +134,8 @@ def get_optimizer_config(args):
     from megatron.core.optimizer import OptimizerConfig
 
     return OptimizerConfig(
-        optimizer="adam", lr=args.lr or 0.0, min_lr=args.min_lr, weight_decay=args.weight_decay,
+        optimizer=getattr(args, "optimizer", "adam"), lr=args.lr or 0.0, min_lr=args.min_lr,
+        weight_decay=args.weight_decay, sgd_momentum=getattr(args, "sgd_momentum", 0.9),
         adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_eps=args.adam_eps,
         clip_grad=args.clip_grad, bf16=args.bf16, fp16=args.fp16, params_dtype=torch.float32,
         loss_scale=args.loss_scale, initial_loss_scale=args.initial_loss_scale,
@@ -144,13 +146,13 @@ def get_optimizer_config(args):
 def get_scheduler(args, optimizer):
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-    gbs = args.global_batch_size
+    from megatron.training.validate import scheduler_steps
+
+    # upstream's get_optimizer_param_scheduler: lengths in samples, iteration- or sample-based
     return OptimizerParamScheduler(
-        optimizer, init_lr=0.0 if args.lr_warmup_steps else (args.lr or 0.0), max_lr=args.lr or 0.0,
-        min_lr=args.min_lr, lr_warmup_steps=args.lr_warmup_steps * gbs,
-        lr_decay_steps=max(args.lr_decay_iters, 1) * gbs, lr_decay_style=args.lr_decay_style,
-        start_wd=args.weight_decay, end_wd=args.weight_decay, wd_incr_steps=max(args.train_iters, 1) * gbs,
-        wd_incr_style="constant",
+        optimizer, init_lr=getattr(args, "lr_warmup_init", 0.0), max_lr=args.lr or 0.0, min_lr=args.min_lr,
+        lr_decay_style=args.lr_decay_style, start_wd=args.weight_decay, end_wd=args.weight_decay,
+        wd_incr_style="constant", **scheduler_steps(args),
     )
 
 
@@ -235,16 +237,29 @@ def setup_model_and_optimizer(model_provider, args=None):
 # --------------------------------------------------------------------------------------------- steps
 
 def _reduce_loss_dicts(loss_dicts: List[Dict[str, torch.Tensor]]) -> Dict[str, float]:
-    """Mean of each logged value over micro-batches and data-parallel ranks (last pipeline stage only)."""
+    """Each logged value over micro-batches and data-parallel ranks (last pipeline stage only).
+
+    A one-element value (our 2-tuple loss functions) is averaged; a two-element ``[sum, count]`` (upstream's
+    3-tuple report) is summed in both parts and logged as sum / count, a token-weighted mean as upstream's."""
     from megatron.core import parallel_state as ps
 
     if not loss_dicts or not ps.is_pipeline_last_stage():
         return {}
     keys = sorted(loss_dicts[0])
-    stacked = torch.stack([torch.stack([d[k].float().reshape(()) for k in keys]) for d in loss_dicts]).mean(0)
-    torch.distributed.all_reduce(stacked, group=ps.get_data_parallel_group())
-    stacked /= ps.get_data_parallel_world_size()
-    return dict(zip(keys, stacked.tolist()))
+    widths = [loss_dicts[0][k].numel() for k in keys]
+    bad = [k for k, w in zip(keys, widths) if w not in (1, 2)]
+    if bad:
+        raise ValueError(f"logged loss values must be a scalar or [sum, count]; got {bad}")
+    rows = torch.stack([torch.cat([d[k].detach().float().reshape(-1) for k in keys]) for d in loss_dicts])
+    columns = torch.cat([rows.sum(0), rows.new_tensor([float(len(loss_dicts))])])
+    torch.distributed.all_reduce(columns, group=ps.get_data_parallel_group())
+    batches = columns[-1]  # micro-batches over all data-parallel ranks
+    reduced, at = {}, 0
+    for key, width in zip(keys, widths):
+        value = columns[at] / batches if width == 1 else columns[at] / columns[at + 1].clamp(min=1.0)
+        reduced[key] = value.item()
+        at += width
+    return reduced
 
 
 def chunk_data_iterators(data_iterator, model):
@@ -410,8 +425,30 @@ def _train_loop(forward_step, model, optimizer, scheduler, train_iterator, valid
         if args.exit_interval and iteration % args.exit_interval == 0:
             print_rank_0(f"> exiting at iteration {iteration} (--exit-interval)")
             break
+        if exit_duration_reached(args):
+            print_rank_0(f"> exiting at iteration {iteration} (--exit-duration-in-mins "
+                         f"{args.exit_duration_in_mins}: {(time.time() - _PROCESS_START) / 60:.1f} min)")
+            break
     param_gather.disable()  # the last step's params are gathered before a final evaluation or save
     return iteration
+
+
+_PROCESS_START = time.time()  # upstream's --exit-duration-in-mins counts from the start of the program
+
+
+def exit_duration_reached(args) -> bool:
+    """True on every rank once any rank has run ``--exit-duration-in-mins`` (max-reduced, as upstream)."""
+    minutes = getattr(args, "exit_duration_in_mins", None)
+    if minutes is None:
+        return False
+    done = torch.tensor([float(time.time() - _PROCESS_START > minutes * 60.0)])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        from megatron.perf import cpu_compat
+
+        if not cpu_compat.is_cpu_mode():
+            done = done.cuda()
+        torch.distributed.all_reduce(done, op=torch.distributed.ReduceOp.MAX)
+    return bool(done.item())
 
 
 class ParamGatherHooks:
@@ -476,7 +513,8 @@ def pretrain(datasets_provider, model_provider, forward_step, extra_args_provide
         raise ConfigError("the training split is empty: check --data-path and --split")
     logger = TrainingLogger(args)
     try:
-        iteration = train(forward_step, model, optimizer, scheduler, train_iter, valid_iter, args, logger=logger)
+        iteration = (args.iteration if getattr(args, "skip_train", False)  # upstream: evaluate only
+                     else train(forward_step, model, optimizer, scheduler, train_iter, valid_iter, args, logger=logger))
         if args.save and iteration > args.iteration and (not args.save_interval or iteration % args.save_interval):
             save(iteration, model, optimizer, scheduler, args)
         if args.eval_iters and valid_ds is not None and len(valid_ds):

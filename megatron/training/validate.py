@@ -16,13 +16,14 @@ def _require(condition: bool, message: str) -> None:
 
 def validate_args(args, world_size: int) -> None:
     """Check and complete ``args`` in place (derived sizes, defaults that depend on other flags)."""
-    for name in ("num_layers", "hidden_size", "num_attention_heads", "seq_length", "micro_batch_size",
-                 "train_iters"):
+    for name in ("num_layers", "hidden_size", "num_attention_heads", "seq_length", "micro_batch_size"):
         _require(getattr(args, name) is not None, f"--{name.replace('_', '-')} is required")
+    if getattr(args, "train_samples", None) is None:
+        _require(args.train_iters is not None, "--train-iters (or --train-samples) is required")
     for name in ("num_layers", "hidden_size", "num_attention_heads", "seq_length", "micro_batch_size",
                  "tensor_model_parallel_size", "pipeline_model_parallel_size"):
         _require(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive")
-    _require(args.train_iters >= 0, "--train-iters must be >= 0")
+    _require(args.train_iters is None or args.train_iters >= 0, "--train-iters must be >= 0")
 
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
     _require(world_size % (tp * pp) == 0,
@@ -51,6 +52,7 @@ def validate_args(args, world_size: int) -> None:
              f"--global-batch-size {args.global_batch_size} is not divisible by --micro-batch-size "
              f"{args.micro_batch_size} x data-parallel size {args.data_parallel_size}")
     args.num_microbatches = args.global_batch_size // dp_batch
+    validate_schedule_flags(args)
     validate_virtual_pipeline_flags(args)
     validate_recompute_flags(args)
     validate_parallel_flags(args)
@@ -72,19 +74,21 @@ def validate_args(args, world_size: int) -> None:
     # Data.
     _require(args.mock_data or args.data_path or getattr(args, "data_optional", False),
              "give --data-path PREFIX (an indexed dataset from tools/preprocess_data.py) or --mock-data")
-    if args.mock_data and args.tokenizer_type is None:
-        args.tokenizer_type = "NullTokenizer"
-    _require(args.tokenizer_type is not None, "--tokenizer-type is required")
+    if args.tokenizer_type is None:  # upstream's pretrain_gpt.py default; mock data needs no vocabulary
+        args.tokenizer_type = "NullTokenizer" if args.mock_data else "GPT2BPETokenizer"
+    dry_run = getattr(args, "dry_run", False)  # checks the flags only: no file is opened
     if args.tokenizer_type == "NullTokenizer":
         _require(args.vocab_size is not None, "--tokenizer-type NullTokenizer needs --vocab-size")
     for name in ("vocab_file", "merge_file", "tokenizer_model"):
         path = getattr(args, name)
-        _require(path is None or os.path.exists(path), f"--{name.replace('_', '-')} {path} does not exist")
-    if not args.mock_data:
+        _require(path is None or dry_run or os.path.exists(path),
+                 f"--{name.replace('_', '-')} {path} does not exist")
+    if not args.mock_data and not dry_run:
         for prefix in data_prefixes(args.data_path):
             for ext in (".bin", ".idx"):
                 _require(os.path.exists(prefix + ext),
                          f"--data-path {prefix}: {prefix + ext} not found (run tools/preprocess_data.py)")
+    args.split = args.split.strip().strip("'\"").strip()  # launch scripts that pass --split "'99,1,0'"
     _require(len(args.split.split(",")) in (1, 2, 3) and all(s.strip().replace(".", "", 1).isdigit()
                                                             for s in args.split.split(",")),
              f"--split {args.split!r} must look like '969,30,1'")
@@ -100,6 +104,7 @@ def validate_args(args, world_size: int) -> None:
         _require(args.save_interval > 0, "--save-interval must be positive")
     if args.load is not None and os.path.exists(args.load) and not os.path.isdir(args.load):
         raise ConfigError(f"--load {args.load} is not a directory")
+    validate_upstream_values(args)
 
 
 def check_method_flags(args) -> None:
@@ -255,3 +260,99 @@ def data_prefixes(data_path):
         except ValueError:
             out.append(item)
     return out
+
+
+def validate_schedule_flags(args) -> None:
+    """Iteration- or sample-based training, as upstream: the two sets of flags never mix.
+
+    Sample-based: ``--train-iters`` becomes ``--train-samples // global batch``; ``--lr-decay-samples``
+    defaults to ``--train-samples``. :func:`scheduler_steps` turns either into megatron-core's sample counts."""
+    samples = getattr(args, "train_samples", None)
+    sample_flags = (("--train-samples", samples), ("--lr-decay-samples", getattr(args, "lr_decay_samples", None)),
+                    ("--lr-warmup-samples", getattr(args, "lr_warmup_samples", 0) or None))
+    _require(getattr(args, "lr_warmup_init", 0.0) >= 0.0, "--lr-warmup-init must be >= 0")
+    if samples is None:
+        given = [flag for flag, value in sample_flags if value is not None]
+        _require(not given, f"{', '.join(given)}: sample-based schedule flags need --train-samples (this run "
+                 "counts --train-iters)")
+        return
+    iteration_flags = (("--train-iters", args.train_iters), ("--lr-decay-iters", args.lr_decay_iters),
+                       ("--lr-warmup-iters", args.lr_warmup_iters or None))
+    given = [flag for flag, value in iteration_flags if value is not None]
+    _require(not given, f"{', '.join(given)}: iteration-based flags cannot be combined with --train-samples "
+             "(use --lr-decay-samples / --lr-warmup-samples)")
+    _require(samples >= 0, "--train-samples must be >= 0")
+    _require(args.lr_warmup_fraction is None or not args.lr_warmup_samples,
+             "use either --lr-warmup-fraction or --lr-warmup-samples, not both")
+    if args.lr_decay_samples is None:
+        args.lr_decay_samples = samples
+    _require(args.lr_decay_samples > 0 or samples == 0, "--lr-decay-samples must be positive")
+    args.train_iters = samples // args.global_batch_size
+
+
+def scheduler_steps(args) -> dict:
+    """megatron-core OptimizerParamScheduler's warmup, decay and weight-decay lengths, in samples (upstream's
+    get_optimizer_param_scheduler): sample flags as given, iteration flags times the global batch size."""
+    gbs = args.global_batch_size
+    if getattr(args, "train_samples", None) is not None:
+        decay = args.lr_decay_samples
+        warmup = args.lr_warmup_samples
+        wd_incr = args.train_samples
+    else:
+        decay = max(args.lr_decay_iters or args.train_iters, 1) * gbs
+        warmup = args.lr_warmup_steps * gbs
+        wd_incr = max(args.train_iters, 1) * gbs
+    if args.lr_warmup_fraction is not None:
+        warmup = args.lr_warmup_fraction * decay
+    return dict(lr_warmup_steps=warmup, lr_decay_steps=max(decay, 1), wd_incr_steps=max(wd_incr, 1))
+
+
+def _have(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def validate_upstream_values(args) -> None:
+    """Upstream flags this stack defines but not every value of: the values it cannot run are refused by name
+    with the reason; upstream aliases resolve to the path that runs here."""
+    impl = getattr(args, "transformer_impl", "local")
+    if impl == "transformer_engine":
+        raise ConfigError("--transformer-impl transformer_engine is not supported: " + (
+            "Transformer Engine is not installed" if not _have("transformer_engine") else
+            "the DSLM layer specs are built from megatron-core's local modules") + "; use --transformer-impl local")
+    _require(impl != "inference_optimized", "--transformer-impl inference_optimized is not supported: inference "
+             "serving; this stack trains and finetunes only")
+    backend = getattr(args, "attention_backend", "auto")
+    if getattr(args, "use_flash_attn", False):
+        _require(backend in ("auto", "flash", "sdpa"),
+                 f"--use-flash-attn means --attention-backend flash; it conflicts with --attention-backend {backend}")
+        backend = "flash"
+    _require(backend != "fused", "--attention-backend fused is not supported: cuDNN fused attention runs through "
+             "Transformer Engine, which this stack does not use; use auto, sdpa (flash) or local")
+    # flash: torch's SDPA (FlashAttention kernels on CUDA for fp16/bf16); unfused: megatron-core's local core
+    args.attention_backend = {"flash": "sdpa", "unfused": "local"}.get(backend, backend)
+    optimizer = getattr(args, "optimizer", "adam")
+    _require(optimizer in ("adam", "sgd"), f"--optimizer {optimizer} is not supported: Muon / Lion / SOAP are not "
+             "part of megatron-core's optimizers here; use adam or sgd")
+    fmt = getattr(args, "ckpt_format", "torch_dist")
+    _require(fmt == "torch_dist", f"--ckpt-format {fmt} is not supported: checkpoints here are megatron-core "
+             "distributed checkpoints (torch_dist), which reshard across TP/PP/DP")
+    if getattr(args, "distributed_backend", "nccl") == "gloo":
+        import torch
+
+        _require(args.cpu or not torch.cuda.is_available(), "--distributed-backend gloo on GPUs is not implemented "
+                 "yet: GPU runs use nccl; add --cpu for a gloo (CPU mode) run")
+    if args.train_iters and args.lr is not None:
+        steps = scheduler_steps(args)
+        _require(steps["lr_warmup_steps"] < steps["lr_decay_steps"],
+                 f"the learning-rate warmup ({steps['lr_warmup_steps']:g} samples) must be shorter than the decay "
+                 f"({steps['lr_decay_steps']:g} samples)")
+        _require(getattr(args, "lr_warmup_init", 0.0) <= args.lr,
+                 f"--lr-warmup-init {args.lr_warmup_init} exceeds --lr {args.lr}")
+    minutes = getattr(args, "exit_duration_in_mins", None)
+    _require(minutes is None or minutes >= 0, "--exit-duration-in-mins must be >= 0")
+    _require(getattr(args, "tensorboard_log_interval", 1) > 0, "--tensorboard-log-interval must be positive")
+    if getattr(args, "wandb_project", None) and not getattr(args, "dry_run", False):
+        _require(_have("wandb"), "--wandb-project needs the optional wandb package (pip install wandb); "
+                 "WANDB_MODE=offline logs without a network")

@@ -91,8 +91,14 @@ def test_missing_files_give_clear_errors(tmp_path, gpt2_files):
         build_tokenizer("GPT2BPETokenizer", vocab_file=str(gpt2_files[0]))
     with pytest.raises(TokenizerError, match="tokenizer.json not found"):
         build_tokenizer("HuggingFaceTokenizer", tokenizer_model=str(tmp_path))
-    with pytest.raises(TokenizerError, match="unknown --tokenizer-type"):
+    with pytest.raises(TokenizerError, match="needs --tokenizer-model"):
         build_tokenizer("SentencePieceTokenizer")
+    with pytest.raises(TokenizerError, match="SentencePiece model not found"):
+        build_tokenizer("Llama2Tokenizer", tokenizer_model=str(tmp_path / "tokenizer.model"))
+    with pytest.raises(TokenizerError, match="unknown --tokenizer-type"):
+        build_tokenizer("WordLevelTokenizer")
+    with pytest.raises(TokenizerError, match="MultimodalTokenizer is not supported: multimodal"):
+        build_tokenizer("MultimodalTokenizer")
 
 
 def test_vocab_kind_mismatch_is_rejected(tmp_path, wordpiece_vocab, gpt2_files):
