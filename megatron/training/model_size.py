@@ -16,12 +16,16 @@ def _norm_params(arch: ModelArch, width: int) -> int:
     return width if arch.normalization == "RMSNorm" else 2 * width  # RMSNorm has no bias
 
 
+def _widths(arch: ModelArch):
+    """(query width, key/value width per projection, FC1 output width: both halves of a gated FFN)."""
+    fc1_out = 2 * arch.ffn_size if arch.gated_linear_unit else arch.ffn_size
+    return arch.num_attention_heads * arch.head_dim, arch.query_groups * arch.head_dim, fc1_out
+
+
 def layer_params(arch: ModelArch) -> int:
     """One transformer layer: two norms, QKV (grouped), output projection, FC1 (gate and up halves), FC2."""
     h, ffn = arch.hidden_size, arch.ffn_size
-    q = arch.num_attention_heads * arch.head_dim
-    kv = arch.query_groups * arch.head_dim
-    fc1_out = 2 * ffn if arch.gated_linear_unit else ffn
+    q, kv, fc1_out = _widths(arch)
     bias = int(arch.add_bias_linear)
     n = 2 * _norm_params(arch, h)
     n += h * (q + 2 * kv) + bias * (q + 2 * kv) + q * h + bias * h
@@ -76,8 +80,6 @@ def flops_per_token(arch: ModelArch) -> float:
     """Matmul FLOPs of one trained token, forward and backward (3x forward), attention over the full sequence
     (no causal discount), output layer included: upstream Megatron-LM's count for dense models."""
     h, s, ffn = arch.hidden_size, arch.seq_length, arch.ffn_size
-    q = arch.num_attention_heads * arch.head_dim
-    kv = arch.query_groups * arch.head_dim
-    fc1_out = 2 * ffn if arch.gated_linear_unit else ffn
+    q, kv, fc1_out = _widths(arch)
     forward_layer = 2 * h * (q + 2 * kv) + 2 * q * h + 4 * s * q + 2 * h * fc1_out + 2 * ffn * h
     return 3.0 * (arch.num_layers * forward_layer + 2 * h * arch.vocab_size)
