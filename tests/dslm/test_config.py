@@ -229,7 +229,7 @@ def _validate(argv):
 def test_training_refuses_a_knob_the_scheme_ignores():
     from megatron.training.validate import ConfigError
 
-    base = TINY_GPT[1:] + ["--train-iters", "1"]
+    base = TINY_GPT[1:] + ["--train-iters", "3"]  # longer than the warmup: a run that could start
     with pytest.raises(ConfigError, match="--dslm-k has no effect with --init-scheme megatron"):
         _validate(base + ["--dslm-k", "2"])
     with pytest.raises(ConfigError, match="--embedding-corr has no effect with --init-scheme xavier"):
@@ -278,7 +278,7 @@ def test_allowed_unnormalised_residual_passes_training_and_predict():
 
     extra = ["--init-scheme", "dslm", "--residual-lambda-sq", "1.0", "--residual-beta-sq", "0.1",
              "--allow-unnormalized-residual"]
-    args = _validate(TINY_GPT[1:] + ["--train-iters", "1"] + extra)
+    args = _validate(TINY_GPT[1:] + ["--train-iters", "3"] + extra)
     table = build_init_table(args.init_scheme, model_arch(args))
     assert table.layers[0].attn_lambda == 1.0 and table.layers[0].attn_beta == pytest.approx(0.1 ** 0.5)
     assert predict.main(["--num-layers", "4", "--hidden-size", "64", "--num-attention-heads", "4",
