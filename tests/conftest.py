@@ -9,6 +9,21 @@ import os
 
 import pytest
 
+# Modules whose scripts share the repository's data/reproduce/ folder (indexed data, dataset caches): under
+# pytest-xdist they run on one worker, one after another.
+_SHARED_REPRODUCE_FOLDER = {"test_reproduce_depth_vs_width.py", "test_scripts.py", "test_gpu_acceptance.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``--dist loadgroup``) each module is one unit of work, so module-scoped fixtures are
+    built once and tests keep their file order; the modules sharing data/reproduce/ form one unit. Modules with
+    slow end-to-end runs go first, so the longest runs do not start last on one worker while the other idles."""
+    slow_modules = {item.path for item in items if item.get_closest_marker("slow")}
+    for item in items:
+        group = "reproduce-data" if item.path.name in _SHARED_REPRODUCE_FOLDER else str(item.path)
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: item.path not in slow_modules)  # stable: file order otherwise
+
 # Offline everywhere: hub downloads fail on our machines and must never be attempted by tests.
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -3,6 +3,8 @@
 #   bash tests/run.sh            # default suite (~15 min on 2 cores)
 #   RUN_SLOW=1 bash tests/run.sh # also the slow end-to-end runs (CI=true does this too)
 # Extra arguments go to pytest, e.g. `bash tests/run.sh tests/dslm -k weight_init`.
+# Tests run in PYTEST_WORKERS (default 2) processes: most tests drive one-thread subprocesses, so one worker
+# per core roughly halves the wall time; PYTEST_WORKERS=0 runs them in this process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! python -c "import torch" 2>/dev/null; then
@@ -13,8 +15,12 @@ python -m pip install -q -e ".[test]"
 export HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 markers=(-m "not slow")
 if [ "${CI:-}" = "true" ] || [ "${RUN_SLOW:-0}" = "1" ]; then markers=(); fi
+workers=(-n "${PYTEST_WORKERS:-2}" --dist loadgroup --no-loadscope-reorder)
+if [ "${PYTEST_WORKERS:-2}" = "0" ]; then workers=(); fi
+# One OpenMP thread per process: two workers each spinning two threads on two cores thrash.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 set +e
-python -m pytest -p no:cacheprovider --durations=30 "${markers[@]}" "$@"
+python -m pytest -p no:cacheprovider --durations=30 "${workers[@]}" "${markers[@]}" "$@"
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then echo "pytest collected no tests"; exit 1; fi

@@ -5,8 +5,8 @@ and gradient variance at iterations 0, 10, 50, 100, 500 and 1000 (iteration k = 
 ``--log-moments-interval 10``) for the quickstart's model (48 layers × 128, seq 64, micro-batch 4, dropout 0.1,
 the sample corpus with the bert-base-uncased vocabulary, cosine schedule with 5 % warmup).
 
-Each run lives in ``runs/training_dynamics/<name>/`` (gitignored) and is finished when its ``result.json`` is
-there; reruns skip finished runs, so the same command resumes a stopped sweep::
+Each run lives in ``runs/training_dynamics/<name>/`` (gitignored); a finished run's summary is also kept in
+``docs/results/training_dynamics_runs/<name>.json`` (tracked); reruns skip finished runs, so the same command resumes a stopped sweep::
 
     nohup setsid nice -n 19 python scripts/reproduce/training_dynamics.py > runs/training_dynamics/sweep.log 2>&1 &
     python scripts/reproduce/training_dynamics.py --report-only      # table, JSON and figure from finished runs
@@ -38,6 +38,7 @@ FULL = {"layers": 48, "hidden": 128, "heads": 4, "seq": 64, "mbs": 4, "iters": 1
 TINY = {"layers": 4, "hidden": 32, "heads": 2, "seq": 32, "mbs": 2, "iters": 11, "interval": 5,
         "iterations": (0, 5, 10), "schemes": ("dslm",), "lrs": (2e-3,), "eval_iters": 2, "max_docs": 200}
 DEFAULT_WORK = C.REPO / "runs" / "training_dynamics"
+DEFAULT_KEEP = C.REPO / "docs" / "results" / "training_dynamics_runs"  # tracked: finished runs survive a checkout
 
 
 def run_name(scheme: str, lr: float, cfg: dict) -> str:
@@ -85,12 +86,14 @@ def summarize_iteration(records: list) -> dict:
             "bottom_grad_var": gv[0] if gv else None, "top_grad_var": gv[-1] if gv else None}
 
 
-def run_one(work: Path, scheme: str, lr: float, cfg: dict, data: Path, vocab: Path) -> dict:
+def run_one(work: Path, keep: Path, scheme: str, lr: float, cfg: dict, data: Path, vocab: Path) -> dict:
     name = run_name(scheme, lr, cfg)
     folder = work / "runs" / name
     result = folder / "result.json"
-    if result.exists():
-        return json.loads(result.read_text())
+    kept = keep / f"{name}.json"
+    for done in (kept, result):
+        if done.exists():
+            return json.loads(done.read_text())
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -103,6 +106,7 @@ def run_one(work: Path, scheme: str, lr: float, cfg: dict, data: Path, vocab: Pa
            "profiles": {str(it): [{k: r.get(k) for k in ("layer", "forward_var", "forward_corr", "grad_var")}
                                   for r in moments[it]] for it in cfg["iterations"] if it in moments}}
     C.write_json(row, result)
+    C.write_json(row, kept)
     print(f"  {name}: val {row['val_loss']} ({row['outcome']}, {res['wall_s']} s)", flush=True)
     return row
 
@@ -142,21 +146,25 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default=str(DEFAULT_WORK))
     ap.add_argument("--out", default=str(C.DEFAULT_OUT))
+    ap.add_argument("--keep", default=None, help="where each finished run's summary is kept (default: "
+                    "docs/results/training_dynamics_runs, or <work>/kept with --tiny)")
     ap.add_argument("--tiny", action="store_true", help="a 4×32 model, 11 steps: smoke check")
     ap.add_argument("--report-only", action="store_true", help="no new runs; JSON and figure from finished ones")
     args = ap.parse_args()
     cfg = TINY if args.tiny else FULL
     work, out = Path(args.work), Path(args.out)
+    keep = Path(args.keep) if args.keep else (work / "kept" if args.tiny else DEFAULT_KEEP)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     data, vocab = C.prepare_data("gpt", cfg["max_docs"])
     rows = []
     for scheme in cfg["schemes"]:
         for lr in cfg["lrs"]:
-            done = work / "runs" / run_name(scheme, lr, cfg) / "result.json"
-            if args.report_only and not done.exists():
+            name = run_name(scheme, lr, cfg)
+            done = (work / "runs" / name / "result.json").exists() or (keep / f"{name}.json").exists()
+            if args.report_only and not done:
                 continue
-            rows.append(run_one(work, scheme, lr, cfg, data, vocab))
+            rows.append(run_one(work, keep, scheme, lr, cfg, data, vocab))
     record = {"model": {k: cfg[k] for k in ("layers", "hidden", "heads", "seq", "mbs", "iters", "interval")},
               "iterations": list(cfg["iterations"]),
               "rows": [{k: v for k, v in r.items() if k != "profiles"} for r in rows],
