@@ -17,7 +17,6 @@ The body sits under ``if __name__ == "__main__":`` because dist_checkpointing's 
 
 from __future__ import annotations
 
-import argparse
 from functools import partial
 from typing import List, Optional, Sequence
 
@@ -29,28 +28,9 @@ import torch.nn.functional as F
 # pairs needs them, and the pretrained checkpoint then matches the finetuning model (--num-tokentypes).
 BERT_NUM_TOKENTYPES = 2
 
+from megatron.training.bert_args import add_bert_args  # noqa: F401  (the BERT flags; tools and tests use it)
+
 _BATCH_KEYS_INT = ("text", "types", "labels", "loss_mask", "padding_mask", "is_random")
-
-
-def add_bert_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Upstream BERT flags, added only where the common argument set does not already define them."""
-    existing = parser._option_string_actions  # argparse has no public "has option" query
-    group = parser.add_argument_group("bert")
-
-    def add(flag, **kwargs):
-        if flag not in existing:
-            group.add_argument(flag, **kwargs)
-
-    add("--mask-prob", type=float, default=0.15, help="Probability of masking a candidate (whole-word) n-gram.")
-    add("--short-seq-prob", type=float, default=0.1,
-        help="Probability of drawing a sample shorter than --seq-length.")
-    add("--bert-no-binary-head", action="store_true",
-        help="Drop the sentence-order (binary) head; train masked LM only.")
-    add("--masking-max-ngram", type=int, default=3, help="Longest n-gram masked as one unit.")
-    add("--no-masking-full-word", action="store_false", dest="masking_do_full_word",
-        help="Mask word pieces independently instead of whole words.")
-    parser.set_defaults(model_family="bert")  # what --dry-run describes (pretrain_gpt.py's is the default)
-    return parser
 
 
 # ----------------------------------------------------------------------------------------------- model

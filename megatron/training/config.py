@@ -40,6 +40,8 @@ class ModelFlags:
                                   "numerical stability.")
     swiglu: bool = _f(False, "Use gated linear units and SiLU activation instead of default gelu; "
                       "--ffn-hidden-size then defaults to 2/3 of 4 * hidden size, rounded down to a multiple of 64.")
+    openai_gelu: bool = _f(False, "Use OpenAI's GeLU implementation (the tanh approximation; GPT-2's "
+                           "'gelu_new'). This option should not be used unless for backward compatibility reasons.")
     position_embedding_type: str = _f("learned_absolute", "Position embedding type: a learned table, rotary "
                                       "(rope, no table) or none.", choices=["learned_absolute", "rope", "none"])
     rotary_base: int = _f(10000, "Base to use for rotary positional embeddings, default 10000.")

@@ -43,7 +43,7 @@ def _transformer_config(TransformerConfig, args, dtype, recompute):
         kv_channels=args.kv_channels,
         hidden_dropout=args.hidden_dropout,
         attention_dropout=args.attention_dropout,
-        activation_func=F.silu if getattr(args, "swiglu", False) else F.relu if args.activation == "relu" else F.gelu,
+        activation_func=ffn_activation(args),
         init_method_std=args.init_method_std,
         **decoder_shape_from_args(args),
         tensor_model_parallel_size=args.tensor_model_parallel_size,
@@ -112,6 +112,19 @@ def refuse_gpt_only_flags(args, model_type: str) -> None:
                               "shape")
 
 
+def ffn_activation(args):
+    """The FFN's activation: SiLU gate (--swiglu), ReLU, GeLU by the tanh approximation (--openai-gelu) or exact."""
+    if getattr(args, "swiglu", False):
+        return F.silu
+    if args.activation == "relu":
+        return F.relu
+    if getattr(args, "openai_gelu", False):
+        from megatron.core.transformer.utils import openai_gelu
+
+        return openai_gelu
+    return F.gelu
+
+
 # (TransformerConfig field, upstream flag dest, the flag that turns it off, kernel it needs or None). Bias-GeLU and
 # bias-dropout-add are torch-compiled in megatron-core and need no extension.
 FUSIONS = (
@@ -161,6 +174,8 @@ def fusion_settings(args, cuda: bool, kernels: dict):
         elif (wanted and field == "bias_activation_fusion" and not getattr(args, "swiglu", False)
               and getattr(args, "activation", "gelu") != "gelu"):
             why = f"megatron-core fuses the bias with GeLU only (--activation {args.activation})"
+        elif wanted and field == "bias_activation_fusion" and getattr(args, "openai_gelu", False):
+            why = "megatron-core fuses the bias with exact GeLU or SwiGLU only (--openai-gelu)"
         elif (wanted and field == "bias_activation_fusion" and not getattr(args, "swiglu", False)
               and not getattr(args, "add_bias_linear", True)):
             why = "--disable-bias-linear: no bias to fuse with GeLU (as upstream)"

@@ -136,6 +136,10 @@ def validate_decoder_shape_flags(args) -> None:
                  f"--swiglu sets the FFN activation (SiLU gate x linear); drop --activation {args.activation}")
         if not args.ffn_hidden_size:
             args.ffn_hidden_size = max(64, int(4 * h * 2 / 3) // 64 * 64)
+    if getattr(args, "openai_gelu", False):
+        _require(not getattr(args, "swiglu", False) and args.activation == "gelu",
+                 "--openai-gelu replaces the GeLU; it does not combine with --swiglu or --activation "
+                 f"{args.activation}")
     if getattr(args, "group_query_attention", False):
         groups = args.num_query_groups
         _require(groups > 0, f"--num-query-groups must be positive, got {groups}")

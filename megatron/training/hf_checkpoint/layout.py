@@ -1,0 +1,49 @@
+"""Tensor layouts that differ between megatron-core and transformers.
+
+megatron-core's fused ``linear_qkv`` stores, for each attention head (one query group per head here), the head's
+query rows, then its key rows, then its value rows; transformers keeps three [heads·d, h] matrices (BERT) or one
+Conv1D [h, 3·heads·d] with all queries, then all keys, then all values (GPT-2).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Tuple
+
+import torch
+
+
+def state_filler(ours: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor]) -> Callable:
+    """``put(key, tensor)``: store a copy in ``state`` after checking that our model has ``key`` with that shape."""
+    from megatron.training.hf_checkpoint import UnmappableModel
+
+    def put(key: str, value: torch.Tensor) -> None:
+        if key not in ours:
+            raise UnmappableModel(f"our model has no {key} (flags differ from the Hugging Face config)")
+        if tuple(ours[key].shape) != tuple(value.shape):
+            raise UnmappableModel(f"{key}: shape {tuple(value.shape)} does not match ours {tuple(ours[key].shape)}")
+        state[key] = value.to(ours[key].dtype).contiguous().clone()
+
+    return put
+
+
+def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """[heads·d, …] ×3 (rows per head in head order) -> megatron's per-head interleaved [3·heads·d, …]."""
+    d = q.shape[0] // heads
+    parts = [t.reshape(heads, d, *t.shape[1:]) for t in (q, k, v)]
+    return torch.stack(parts, dim=1).reshape(3 * heads * d, *q.shape[1:]).clone()
+
+
+def split_qkv(qkv: torch.Tensor, heads: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`fuse_qkv`."""
+    d = qkv.shape[0] // (3 * heads)
+    grouped = qkv.reshape(heads, 3, d, *qkv.shape[1:])
+    return tuple(grouped[:, i].reshape(heads * d, *qkv.shape[1:]).clone() for i in range(3))
+
+
+def pad_rows(table: torch.Tensor, rows: int) -> torch.Tensor:
+    """``table`` with zero rows appended up to ``rows`` (megatron pads the vocabulary for TP splits)."""
+    if table.shape[0] > rows:
+        raise ValueError(f"{table.shape[0]} rows do not fit in {rows}")
+    out = table.new_zeros((rows, *table.shape[1:]))
+    out[: table.shape[0]] = table
+    return out

