@@ -172,12 +172,14 @@ def _inner_optimizers(optimizer):
 
 
 def load_checkpoint(model_chunks, optimizer, scheduler, load_dir: str, *, load_optim: bool = True,
-                    load_rng: bool = True, finetune: bool = False, strict: bool = True):
+                    load_rng: bool = True, finetune: bool = False, strict: bool = True, args=None):
     """Restore the latest checkpoint under ``load_dir``; returns (iteration, extra_state).
 
     ``finetune=True`` loads model weights only and returns iteration 0. With no checkpoint present the
-    model is left as initialised and (0, {}) is returned.
+    model is left as initialised and (0, {}) is returned. ``args`` (the run's flags): the model's shape and the
+    learning-rate schedule are checked against the checkpoint's first (:mod:`megatron.training.resume_checks`).
     """
+    from megatron.training import resume_checks
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.mapping import ShardedObject  # noqa: F401  (documented type)
 
@@ -190,6 +192,10 @@ def load_checkpoint(model_chunks, optimizer, scheduler, load_dir: str, *, load_o
     if not os.path.isdir(ckpt):
         raise FileNotFoundError(f"{load_dir}/{TRACKER_FILE} names iteration {iteration} but {ckpt} is missing")
     common = dist_checkpointing.load_common_state_dict(ckpt)
+    if args is not None:
+        resume_checks.check_model_shape(common.get("args") or {}, args, ckpt)
+        if scheduler is not None and not finetune and "opt_param_scheduler" in common:
+            resume_checks.check_schedule(common["opt_param_scheduler"], scheduler, args, ckpt)
 
     model_sd = _model_sharded_state_dicts(model_chunks)
     request = dict(model_sd)
@@ -223,14 +229,32 @@ def load_checkpoint(model_chunks, optimizer, scheduler, load_dir: str, *, load_o
     if want_optim:
         # The distributed optimizer copies into its fp32 shards, which are views of the (grad-requiring)
         # model params; megatron-core's dp_reshardable load does not disable grad mode itself.
+        run_lrs = _group_lrs(optimizer)
         with torch.no_grad():
             optimizer.load_state_dict(loaded["optimizer"])
         _restore_per_param_steps(optimizer)
+        if args is not None and getattr(args, "override_opt_param_scheduler", False):
+            _set_group_lrs(optimizer, run_lrs)  # the param groups carry max/min lr: keep this run's
     if scheduler is not None and "opt_param_scheduler" in common:
         scheduler.load_state_dict(common["opt_param_scheduler"])
     if want_rng:
         _set_rng_state(loaded["rng_state"])
     return int(common["iteration"]), common.get("extra", {})
+
+
+def _group_lrs(optimizer) -> list:
+    """Each param group's (max_lr, min_lr): megatron-core's scheduler reads them from the groups, which an
+    optimizer load overwrites with the checkpoint's."""
+    return [[(g.get("max_lr"), g.get("min_lr")) for g in inner.param_groups] for inner in _inner_optimizers(optimizer)]
+
+
+def _set_group_lrs(optimizer, lrs: list) -> None:
+    for inner, groups in zip(_inner_optimizers(optimizer), lrs):
+        for group, (max_lr, min_lr) in zip(inner.param_groups, groups):
+            if max_lr is not None:
+                group["max_lr"] = max_lr
+            if min_lr is not None:
+                group["min_lr"] = min_lr
 
 
 def _restore_per_param_steps(optimizer) -> None:

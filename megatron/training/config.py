@@ -232,6 +232,21 @@ class LoggingFlags:
     exit_interval: Optional[int] = _f(None, "Stop after this iteration (testing interruptions).")
     exit_duration_in_mins: Optional[int] = _f(None, "Exit the program after this many minutes (checked after "
                                               "every iteration, agreed by all ranks; saves first with --save).")
+    exit_signal_handler: bool = _f(False, "Dynamically save the checkpoint and shutdown the training if signal "
+                                   "is received (checked after every iteration, agreed by all ranks; no final "
+                                   "evaluation).")
+    exit_signal: str = _f("SIGTERM", "Signal for --exit-signal-handler.",
+                          choices=["SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2"])
+    override_opt_param_scheduler: bool = _f(False, "Reset the values of the scheduler (learning rate, warmup "
+                                            "iterations, minimum learning rate, maximum number of iterations, and "
+                                            "decay style) from input arguments and ignore values from checkpoints.",
+                                            flag="--override-opt_param-scheduler",
+                                            aliases=("--override-opt-param-scheduler",))
+    use_checkpoint_opt_param_scheduler: bool = _f(False, "Use checkpoint to set the values of the scheduler "
+                                                  "(learning rate, warmup iterations, minimum learning rate, maximum "
+                                                  "number of iterations, and decay style) from checkpoint and ignore "
+                                                  "input arguments.", flag="--use-checkpoint-opt_param-scheduler",
+                                                  aliases=("--use-checkpoint-opt-param-scheduler",))
     log_throughput: bool = _f(False, "If set, calculate and log throughput per GPU (model TFLOP/s per device "
                               "from the analytic FLOP count, with the tokens/s already printed).")
     tensorboard_log_interval: int = _f(1, "Report to tensorboard interval.")
@@ -274,15 +289,16 @@ def add_flag_group(parser: argparse.ArgumentParser, group_cls) -> None:
     for f in dataclasses.fields(group_cls):
         meta = dict(f.metadata)
         flag = meta.pop("flag", "--" + f.name.replace("_", "-"))
+        flags = (flag, *meta.pop("aliases", ()))
         help_text = meta.pop("help", "").replace("%", "%%")  # argparse %-formats help strings
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if f.type in ("bool", bool):
             # A field that defaults to True is an upstream ``--no-*`` flag that stores False in the field.
-            group.add_argument(flag, dest=f.name, action="store_false" if default else "store_true",
+            group.add_argument(*flags, dest=f.name, action="store_false" if default else "store_true",
                                default=default, help=help_text)
             continue
         conv = _parse_bool_default_type(f.type)
-        group.add_argument(flag, type=conv, default=default, help=help_text, **meta)
+        group.add_argument(*flags, type=conv, default=default, help=help_text, **meta)
 
 
 class MegatronArgumentParser(argparse.ArgumentParser):

@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from megatron.training import checkpointing, global_vars
+from megatron.training import checkpointing, exit_signal, global_vars
 from megatron.training.config import build_parser
 from megatron.training.data_iterators import build_data_iterator, num_samples_per_split
 from megatron.training.global_vars import print_rank_0
@@ -57,6 +57,11 @@ def initialize_megatron(extra_args_provider=None, args_defaults=None, argv=None)
     initialize_distributed(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
                            force_cpu=args.cpu, timeout_minutes=args.distributed_timeout_minutes)
     _set_virtual_pipeline(args)
+    if args.save and torch.distributed.get_rank() == 0:
+        from megatron.training import save_lock
+
+        save_lock.check_tracker_direction(args, checkpointing.read_tracker)
+        save_lock.acquire(args.save, warn=print)
     tokenizer = build_tokenizer_from_args(args)
     args.padded_vocab_size = tokenizer.padded_vocab_size
     corr_source = resolve_embedding_corr(args)
@@ -153,6 +158,8 @@ def get_scheduler(args, optimizer):
         optimizer, init_lr=getattr(args, "lr_warmup_init", 0.0), max_lr=args.lr or 0.0, min_lr=args.min_lr,
         lr_decay_style=args.lr_decay_style, start_wd=args.weight_decay, end_wd=args.weight_decay,
         wd_incr_style="constant", **scheduler_steps(args),
+        override_opt_param_scheduler=getattr(args, "override_opt_param_scheduler", False),
+        use_checkpoint_opt_param_scheduler=getattr(args, "use_checkpoint_opt_param_scheduler", False),
     )
 
 
@@ -222,7 +229,7 @@ def setup_model_and_optimizer(model_provider, args=None):
     if args.load is not None:
         args.iteration, _ = checkpointing.load_checkpoint(
             model, optimizer, scheduler, args.load, load_optim=not args.no_load_optim,
-            load_rng=not args.no_load_rng, finetune=args.finetune)
+            load_rng=not args.no_load_rng, finetune=args.finetune, args=args)
         if args.iteration:
             print_rank_0(f"> resumed from {args.load} at iteration {args.iteration}")
         elif checkpointing.read_tracker(args.load) is None:
@@ -386,9 +393,11 @@ def train(forward_step, model, optimizer, scheduler, train_iterator, valid_itera
     iteration = args.iteration
     for chunk in model:
         chunk.train()
+    stop_signal = exit_signal.from_args(args)
     try:
-        iteration = _train_loop(forward_step, model, optimizer, scheduler, train_iterator, valid_iterator, args,
-                                logger, moments, param_gather, iteration)
+        with stop_signal or contextlib.nullcontext():
+            iteration = _train_loop(forward_step, model, optimizer, scheduler, train_iterator, valid_iterator,
+                                    args, logger, moments, param_gather, iteration, stop_signal)
     finally:
         moments.close()
         if own_logger:
@@ -397,7 +406,7 @@ def train(forward_step, model, optimizer, scheduler, train_iterator, valid_itera
 
 
 def _train_loop(forward_step, model, optimizer, scheduler, train_iterator, valid_iterator, args, logger, moments,
-                param_gather, iteration) -> int:
+                param_gather, iteration, stop_signal=None) -> int:
     check = getattr(args, "check_for_nan_in_loss_and_grad", False)
     while iteration < args.train_iters:
         # moments are labelled by the updates already applied: iteration 0 is the init profile (the first
@@ -428,6 +437,11 @@ def _train_loop(forward_step, model, optimizer, scheduler, train_iterator, valid
         if exit_duration_reached(args):
             print_rank_0(f"> exiting at iteration {iteration} (--exit-duration-in-mins "
                          f"{args.exit_duration_in_mins}: {(time.time() - _PROCESS_START) / 60:.1f} min)")
+            break
+        if stop_signal is not None and stop_signal.received():
+            print_rank_0(f"> exiting at iteration {iteration} ({stop_signal.signame} received, "
+                         "--exit-signal-handler): saving, no final evaluation")
+            args.exit_signal_received = True
             break
     param_gather.disable()  # the last step's params are gathered before a final evaluation or save
     return iteration
@@ -517,7 +531,8 @@ def pretrain(datasets_provider, model_provider, forward_step, extra_args_provide
                      else train(forward_step, model, optimizer, scheduler, train_iter, valid_iter, args, logger=logger))
         if args.save and iteration > args.iteration and (not args.save_interval or iteration % args.save_interval):
             save(iteration, model, optimizer, scheduler, args)
-        if args.eval_iters and valid_ds is not None and len(valid_ds):
+        if (args.eval_iters and valid_ds is not None and len(valid_ds)
+                and not getattr(args, "exit_signal_received", False)):
             logger.log_eval(iteration, evaluate(
                 forward_step, build_data_iterator(valid_ds, 0, args, cyclic=True), model, args.eval_iters, args),
                 end_of_training=True)

@@ -57,7 +57,8 @@ def test_resume_at_another_layout(tmp_path):
 
 def test_killed_save_leaves_previous_checkpoint(tmp_path):
     ck = tmp_path / "ck"
-    first = run_torchrun(1, TINY_GPT + DROPOUT + ["--train-iters", "3", "--save", str(ck)])
+    # The same schedule in every run (--train-iters 6): a changed one is refused on --load.
+    first = run_torchrun(1, TINY_GPT + DROPOUT + ["--train-iters", "6", "--exit-interval", "3", "--save", str(ck)])
     assert_ok(first)
     assert (ck / "latest_checkpointed_iteration.txt").read_text() == "3"
     # Second run saves at iteration 6; SIGKILL the whole process group as soon as the temp dir appears.
