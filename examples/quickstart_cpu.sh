@@ -24,7 +24,9 @@ if [ ! -f data/sample/wiki_text_document.idx ]; then
     --append-eod --workers 2 --log-interval 2000
 fi
 
-# 3. Pretrain: 48-layer DSLM GPT (lambda^2 + beta^2 = 1, beta^2 = 1/N), r0 measured on this corpus.
+# 3. Pretrain: a fresh run each time (a --save folder that holds checkpoints is only written by a run resuming it).
+rm -rf "$OUT/checkpoints"
+# 48-layer DSLM GPT (lambda^2 + beta^2 = 1, beta^2 = 1/N), r0 measured on this corpus.
 torchrun --standalone --nproc_per_node "$NPROC" pretrain_gpt.py \
   --num-layers 48 --hidden-size 128 --num-attention-heads 4 --seq-length 64 --max-position-embeddings 64 \
   --micro-batch-size 4 --global-batch-size $((4 * NPROC)) --train-iters "$ITERS" \

