@@ -33,21 +33,22 @@ def convert(*argv):
     return run_python(["tools/checkpoint/convert.py", *map(str, argv)], timeout=600)
 
 
-def ours(model_type, load, tokens, tmp):
-    (tmp / "tokens.json").write_text(json.dumps(tokens))
-    out = tmp / f"ours_{model_type}.pt"
-    assert_ok(run_python([str(CHECKS), "forward", "--model-type", model_type, "--load", str(load),
-                          "--tokens", str(tmp / "tokens.json"), "--out", str(out)], timeout=600))
+def _child_outputs(mode_flags, load, tokens, tmp, name):
+    """Outputs of tests/tools/scripts/hf_checks.py run on ``tokens`` in a child process."""
+    (tmp / f"{name}_tokens.json").write_text(json.dumps(tokens))
+    out = tmp / f"{name}.pt"
+    assert_ok(run_python([str(CHECKS), *mode_flags, "--load", str(load), "--tokens", str(tmp / f"{name}_tokens.json"),
+                          "--out", str(out)], timeout=600))
     return torch.load(out)
+
+
+def ours(model_type, load, tokens, tmp):
+    return _child_outputs(["forward", "--model-type", model_type], load, tokens, tmp, f"ours_{model_type}")
 
 
 def theirs(arch, folder, tokens, tmp):
     """transformers' outputs from a child process: megatron's CPU shim, once loaded, patches torch in-process."""
-    (tmp / "hf_tokens.json").write_text(json.dumps(tokens))
-    out = tmp / f"hf_{arch}.pt"
-    assert_ok(run_python([str(CHECKS), "hf", "--arch", arch, "--load", str(folder),
-                          "--tokens", str(tmp / "hf_tokens.json"), "--out", str(out)], timeout=600))
-    return torch.load(out)
+    return _child_outputs(["hf", "--arch", arch], folder, tokens, tmp, f"hf_{arch}")
 
 
 def rel_err(a, b):

@@ -50,9 +50,13 @@ def _tokenizer_flags(model_type: str, hf: hf_files.HFCheckpoint, folder: str, gi
     raise FileNotFoundError("the source has no tokenizer files: give --tokenizer-type and its files")
 
 
-def _fresh_destination(save: str) -> str:
+def _require_empty(save: str) -> None:
     if os.path.exists(save) and (not os.path.isdir(save) or os.listdir(save)):
         raise FileExistsError(f"--save {save} exists and is not empty")
+
+
+def _fresh_destination(save: str) -> str:
+    _require_empty(save)
     parent = os.path.dirname(os.path.abspath(save))
     os.makedirs(parent, exist_ok=True)
     return tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(save)) + ".tmp", dir=parent)
@@ -105,8 +109,7 @@ def import_hf(model_type: str, load: str, save: str, tokenizer: Optional[Dict] =
 def export_hf(model_type: str, load: str, save: str, tokenizer: Optional[Dict] = None, log=print) -> str:
     """A training checkpoint (any TP/PP) -> a Hugging Face folder loadable with ``from_pretrained``."""
     mapping = _module(model_type)
-    if os.path.exists(save) and (not os.path.isdir(save) or os.listdir(save)):
-        raise FileExistsError(f"--save {save} exists and is not empty")
+    _require_empty(save)
     args, model, table, tok, extra = session.load_checkpoint_model(load, model_type, tokenizer)
     mapping.check_exportable(args)
     record = extra.get(IMPORT_RECORD) or {}

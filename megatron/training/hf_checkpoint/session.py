@@ -114,27 +114,30 @@ def checkpoint_model_type(saved_keys) -> str:
     return "bert" if any(k.startswith("encoder.") for k in names) else "gpt"
 
 
+def _latest_checkpoint(load_dir: str) -> str:
+    """The folder of the checkpoint the tracker under ``load_dir`` names."""
+    iteration = checkpointing.read_tracker(load_dir)
+    if iteration is None:
+        raise FileNotFoundError(f"no checkpoint under {load_dir} ({checkpointing.TRACKER_FILE} missing)")
+    return checkpointing.checkpoint_dir(load_dir, iteration)
+
+
 def saved_model_type(load_dir: str) -> str:
     """:func:`checkpoint_model_type` of the latest checkpoint under ``load_dir``."""
     from megatron.core import dist_checkpointing
 
-    iteration = checkpointing.read_tracker(load_dir)
-    if iteration is None:
-        raise FileNotFoundError(f"no checkpoint under {load_dir} ({checkpointing.TRACKER_FILE} missing)")
-    path = checkpointing.checkpoint_dir(load_dir, iteration)
-    return checkpoint_model_type(dist_checkpointing.load_tensors_metadata(path).keys())
+    return checkpoint_model_type(dist_checkpointing.load_tensors_metadata(_latest_checkpoint(load_dir)).keys())
 
 
 def load_checkpoint_model(load_dir: str, model_type: str, tokenizer_overrides: Optional[Dict] = None):
     """(args, model, table, tokenizer, extra_state) of the latest checkpoint under ``load_dir`` at TP1·PP1."""
     from megatron.core import dist_checkpointing
 
-    if checkpointing.read_tracker(load_dir) is None:
-        raise FileNotFoundError(f"no checkpoint under {load_dir} ({checkpointing.TRACKER_FILE} missing)")
-    saved = checkpointing.load_args_from_checkpoint(load_dir)
+    path = _latest_checkpoint(load_dir)
+    common = dist_checkpointing.load_common_state_dict(path)
+    saved = common.get("args") or {}
     if not saved:
         raise ConfigError(f"{load_dir}: the checkpoint stores no flags (not written by this stack's training)")
-    path = checkpointing.checkpoint_dir(load_dir, checkpointing.read_tracker(load_dir))
     saved_keys = set(dist_checkpointing.load_tensors_metadata(path).keys())
     found = checkpoint_model_type(saved_keys)
     if found != model_type:
@@ -160,7 +163,6 @@ def load_checkpoint_model(load_dir: str, model_type: str, tokenizer_overrides: O
     missing = [k for k in model.state_dict() if not k.endswith("_extra_state") and k not in loaded]
     if missing:
         raise ConfigError(f"{path} lacks {missing[:3]}")
-    common = dist_checkpointing.load_common_state_dict(path)
     return args, model, table, tokenizer, common.get("extra", {}) or {}
 
 
