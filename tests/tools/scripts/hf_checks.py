@@ -50,7 +50,7 @@ def hf(a) -> None:
     rows = json.load(open(a.tokens))
     out = {}
     with torch.no_grad():
-        if a.arch.startswith("GPT2"):
+        if a.arch.startswith(("GPT2", "Llama")):
             if len({len(r) for r in rows}) == 1:
                 out["logits"] = model(torch.tensor(rows)).logits
             nll = []  # summed next-token NLL of each row (rows may differ in length)
