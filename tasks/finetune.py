@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from megatron.training import checkpointing
 from megatron.training.global_vars import get_args, get_tokenizer, print_rank_0
 from megatron.training.validate import ConfigError
+from tasks.epochs import epoch_batches, validation_name
 
 _BATCH_KEYS = ("text", "types", "padding_mask", "label", "index")
 # Flags that fix the shape or wiring of the pretrained body: finetuning must repeat them.
@@ -123,13 +124,6 @@ def load_pretrained(model_chunks, load_dir: str) -> int:
 
 
 # ------------------------------------------------------------------------------------------------- data
-
-def epoch_batches(num_samples: int, global_batch_size: int, seed: int, epoch: int) -> np.ndarray:
-    """[iters_per_epoch, global_batch] sample indices: a fresh permutation per epoch, the tail dropped."""
-    order = np.random.RandomState((seed * 1_000_003 + epoch) % 2**32).permutation(num_samples)
-    iters = num_samples // global_batch_size
-    return order[: iters * global_batch_size].reshape(iters, global_batch_size)
-
 
 def collate(items: List[dict], indices: Sequence[int], trim: bool = False) -> Dict[str, torch.Tensor]:
     """Stack items into a micro-batch; ``trim`` cuts the trailing columns that are padding in every row.
@@ -257,12 +251,6 @@ def write_predictions(path: str, dataset, predictions: np.ndarray, label_names: 
             item = dataset[i]
             f.write(f"{item.get('uid', i)}\t{label_names[pred]}\t{label_names[int(item['label'])]}\n")
     os.replace(tmp, path)
-
-
-def validation_name(path: str) -> str:
-    base = os.path.basename(os.path.normpath(path))
-    parent = os.path.basename(os.path.dirname(os.path.normpath(path)))
-    return os.path.splitext(base)[0] if "." in base else f"{parent}_{base}"
 
 
 # --------------------------------------------------------------------------------------------- the run

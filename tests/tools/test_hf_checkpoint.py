@@ -95,15 +95,9 @@ def test_bert_round_trip_is_bit_identical(tmp_path):
     assert tok("the cat")["input_ids"][0] == tok.cls_token_id
 
 
-@pytest.mark.parametrize("tied", [True, False])
-def test_gpt2_round_trip_is_bit_identical(tmp_path, tied):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    vocab = write_vocab(tmp_path)
-    torch.manual_seed(1)
-    config = GPT2Config(vocab_size=len(vocab.read_text().splitlines()), n_embd=32, n_layer=2, n_head=4,
-                        n_positions=64, tie_word_embeddings=tied)
-    model = GPT2LMHeadModel(config).eval()
+def _perturbed_round_trip(model_class, config, vocab, tmp_path):
+    """A random transformers decoder (weights perturbed off their init) imported, then exported again."""
+    model = model_class(config).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -112,7 +106,18 @@ def test_gpt2_round_trip_is_bit_identical(tmp_path, tied):
                       "--save", tmp_path / "ck", "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", vocab))
     assert_ok(convert("--direction", "export", "--model-type", "gpt", "--load", tmp_path / "ck",
                       "--save", tmp_path / "hf"))
-    back = GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    return model, model_class.from_pretrained(tmp_path / "hf").eval()
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_gpt2_round_trip_is_bit_identical(tmp_path, tied):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    vocab = write_vocab(tmp_path)
+    torch.manual_seed(1)
+    config = GPT2Config(vocab_size=len(vocab.read_text().splitlines()), n_embd=32, n_layer=2, n_head=4,
+                        n_positions=64, tie_word_embeddings=tied)
+    model, back = _perturbed_round_trip(GPT2LMHeadModel, config, vocab, tmp_path)
     assert back.config.activation_function == "gelu_new"  # GPT-2's tanh GeLU came in as --openai-gelu
     assert_same_state(model, back)
     if tied:  # the imported model computes what transformers computes (tanh GeLU, fused QKV order, Conv1D)
@@ -134,16 +139,7 @@ def test_llama_round_trip_is_bit_identical(tmp_path, tied, bias):
                          num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2, head_dim=8,
                          max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=500000.0,
                          tie_word_embeddings=tied, attention_bias=bias, mlp_bias=bias)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    model.save_pretrained(tmp_path / "hf_src")
-    assert_ok(convert("--direction", "import", "--model-type", "gpt", "--load", tmp_path / "hf_src",
-                      "--save", tmp_path / "ck", "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", vocab))
-    assert_ok(convert("--direction", "export", "--model-type", "gpt", "--load", tmp_path / "ck",
-                      "--save", tmp_path / "hf"))
-    back = LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    model, back = _perturbed_round_trip(LlamaForCausalLM, config, vocab, tmp_path)
     assert back.config.num_key_value_heads == 2 and back.config.rope_parameters["rope_theta"] == 500000.0
     assert_same_state(model, back)
     tokens = torch.randint(0, config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0)).tolist()
@@ -194,20 +190,26 @@ def _train_flags(data, vocab, ck, seq=32):
             "--use-cpu-initialization", "--save", str(ck)]
 
 
-@pytest.mark.slow
-def test_dslm_pre_ln_gpt_trained_at_tp2_exports_exactly(wiki, tmp_path):
+def _train_tp2_export_compare(wiki, tmp_path, hf_arch, extra_flags, label):
+    """Train 3 steps at TP2, export, and require transformers' logits to match ours; returns (checkpoint, vocab)."""
     out, vocab = wiki
     ck = tmp_path / "ck"
     assert_ok(run_torchrun(2, ["pretrain_gpt.py", "--tensor-model-parallel-size", "2",
-                               *_train_flags(out / "wiki_text_document", vocab, ck)], timeout=900))
+                               *_train_flags(out / "wiki_text_document", vocab, ck), *extra_flags], timeout=900))
     assert_ok(convert("--direction", "export", "--model-type", "gpt", "--load", ck, "--save", tmp_path / "hf"))
     tokens = _real_tokens(vocab, 3, 32)
     mine = ours("gpt", ck, tokens, tmp_path)
-    ref = theirs("GPT2LMHeadModel", tmp_path / "hf", tokens, tmp_path)["logits"]
+    ref = theirs(hf_arch, tmp_path / "hf", tokens, tmp_path)["logits"]
     assert ref.shape == mine["logits"].shape
     err = rel_err(mine["logits"], ref)
-    print(f"DSLM Pre-LN GPT (TP2-trained) vs GPT2LMHeadModel: max relative logit error {err:.2e}")
+    print(f"{label} (TP2-trained) vs {hf_arch}: max relative logit error {err:.2e}")
     assert err < 1e-4
+    return ck, vocab
+
+
+@pytest.mark.slow
+def test_dslm_pre_ln_gpt_trained_at_tp2_exports_exactly(wiki, tmp_path):
+    ck, vocab = _train_tp2_export_compare(wiki, tmp_path, "GPT2LMHeadModel", [], "DSLM Pre-LN GPT")
     # tools/generate.py --score on held-out text = transformers' NLL of the export on the same windows.
     from transformers import BertTokenizer
 
@@ -239,18 +241,7 @@ LLAMA_SHAPE = ["--swiglu", "--normalization", "RMSNorm", "--position-embedding-t
 @pytest.mark.slow
 def test_dslm_llama_shape_trained_at_tp2_exports_exactly(wiki, tmp_path):
     """DSLM Llama-shaped GPT (RMSNorm, SwiGLU, RoPE, GQA, no biases), trained 3 steps at TP2 -> LlamaForCausalLM."""
-    out, vocab = wiki
-    ck = tmp_path / "ck"
-    assert_ok(run_torchrun(2, ["pretrain_gpt.py", "--tensor-model-parallel-size", "2",
-                               *_train_flags(out / "wiki_text_document", vocab, ck), *LLAMA_SHAPE], timeout=900))
-    assert_ok(convert("--direction", "export", "--model-type", "gpt", "--load", ck, "--save", tmp_path / "hf"))
-    tokens = _real_tokens(vocab, 3, 32)
-    mine = ours("gpt", ck, tokens, tmp_path)
-    ref = theirs("LlamaForCausalLM", tmp_path / "hf", tokens, tmp_path)["logits"]
-    assert ref.shape == mine["logits"].shape
-    err = rel_err(mine["logits"], ref)
-    print(f"DSLM Llama-shaped GPT (TP2-trained) vs LlamaForCausalLM: max relative logit error {err:.2e}")
-    assert err < 1e-4
+    _train_tp2_export_compare(wiki, tmp_path, "LlamaForCausalLM", LLAMA_SHAPE, "DSLM Llama-shaped GPT")
 
 
 @pytest.mark.slow

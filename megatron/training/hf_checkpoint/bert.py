@@ -9,9 +9,9 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from megatron.dslm import folding
 from megatron.training.hf_checkpoint import UnmappableModel
-from megatron.training.hf_checkpoint.layout import fuse_qkv, pad_rows, split_qkv, state_filler
+from megatron.training.hf_checkpoint.layout import (branch_multipliers, float32_copies, fuse_qkv, pad_rows,
+                                                    split_qkv, state_filler)
 
 _ACTIVATIONS = {"gelu": "gelu", "relu": "relu"}
 PADDED_ROW_BIAS = -1.0e4  # exp(-1e4) is 0 in fp32/bf16/fp16: padding rows never take probability  # HF hidden_act -> our --activation (exact erf GeLU)
@@ -131,10 +131,7 @@ def check_exportable(args) -> None:
 def export_state(args, table, ours: Dict[str, torch.Tensor], vocab_size: int):
     """(Hugging Face config, tensors) of BertForPreTraining (with a binary head) or BertForMaskedLM."""
     check_exportable(args)
-    try:
-        mult = folding.post_ln_branch_multipliers(folding.sublayer_scales(table.layers))
-    except ValueError as err:
-        raise UnmappableModel(str(err)) from None
+    mult = branch_multipliers(table, post_ln=True)
     heads = args.num_attention_heads
     binary = "binary_head.weight" in ours
     out: Dict[str, torch.Tensor] = {}
@@ -182,7 +179,7 @@ def export_state(args, table, ours: Dict[str, torch.Tensor], vocab_size: int):
         "position_embedding_type": "absolute", "pad_token_id": 0, "tie_word_embeddings": True,
         "torch_dtype": "float32",
     }
-    return config, {k: v.detach().to(torch.float32).contiguous().clone() for k, v in out.items()}
+    return config, float32_copies(out)
 
 
 def _scaled(t: torch.Tensor, c: float) -> torch.Tensor:

@@ -9,9 +9,10 @@ from typing import Dict, List
 
 import torch
 
-from megatron.dslm import folding
 from megatron.training.hf_checkpoint import UnmappableModel
-from megatron.training.hf_checkpoint.layout import finish_import, fuse_qkv, pad_rows, split_qkv, state_filler
+from megatron.training.hf_checkpoint.layout import (branch_multipliers, finish_import, float32_copies, fuse_qkv,
+                                                    pad_rows, pre_norm_decoder_reasons, refuse_if_any, split_qkv,
+                                                    state_filler, stock_norm_weight)
 
 # transformers activation_function -> our flags (exact GeLU, its tanh approximation, ReLU).
 _ACTIVATIONS = {"gelu": [], "gelu_new": ["--openai-gelu"], "gelu_pytorch_tanh": ["--openai-gelu"],
@@ -42,9 +43,7 @@ def flags_from_hf_config(config: dict) -> List[str]:
 
 def check_exportable(args) -> None:
     """Refuse what GPT-2 on transformers cannot express exactly (the Llama shape maps in :mod:`.llama`)."""
-    reasons = []
-    if args.apply_residual_connection_post_layernorm:
-        reasons.append("the model is Post-LN (GPT-2 is Pre-LN)")
+    reasons = pre_norm_decoder_reasons(args, "GPT-2")
     if getattr(args, "normalization", "LayerNorm") != "LayerNorm":
         reasons.append(f"--normalization {args.normalization}")
     if getattr(args, "swiglu", False):
@@ -55,27 +54,15 @@ def check_exportable(args) -> None:
         reasons.append("--group-query-attention")
     if not getattr(args, "add_bias_linear", True):
         reasons.append("--disable-bias-linear")
-    if getattr(args, "qk_layernorm", False):
-        reasons.append("--qk-layernorm")
     if args.kv_channels * args.num_attention_heads != args.hidden_size:
         reasons.append(f"--kv-channels {args.kv_channels} x {args.num_attention_heads} heads != hidden size")
-    if reasons:
-        raise UnmappableModel("GPT2LMHeadModel has no exact equivalent of " + ", ".join(reasons)
-                              + " (models with RMSNorm, SwiGLU or RoPE export as LlamaForCausalLM)")
-
-
-def _norm_weight(args, weight: torch.Tensor) -> torch.Tensor:
-    """--apply-layernorm-1p computes (1 + w)·x̂: the stock LayerNorm weight is 1 + w."""
-    return weight + 1.0 if getattr(args, "apply_layernorm_1p", False) else weight
+    refuse_if_any("GPT2LMHeadModel", reasons, " (models with RMSNorm, SwiGLU or RoPE export as LlamaForCausalLM)")
 
 
 def export_state(args, table, ours: Dict[str, torch.Tensor], vocab_size: int):
     """(Hugging Face config, tensors) of GPT2LMHeadModel; λ/β folded into the output projections (Pre-LN rule)."""
     check_exportable(args)
-    try:
-        mult = folding.pre_ln_branch_multipliers(folding.sublayer_scales(table.layers))
-    except ValueError as err:
-        raise UnmappableModel(str(err)) from None
+    mult = branch_multipliers(table, post_ln=False)
     heads, h = args.num_attention_heads, args.hidden_size
     tied = "output_layer.weight" not in ours
     out: Dict[str, torch.Tensor] = {"transformer.wte.weight": ours["embedding.word_embeddings.weight"][:vocab_size],
@@ -83,21 +70,21 @@ def export_state(args, table, ours: Dict[str, torch.Tensor], vocab_size: int):
     for i in range(args.num_layers):
         src, dst = f"decoder.layers.{i}.", f"transformer.h.{i}."
         c_attn, c_mlp = mult[2 * i], mult[2 * i + 1]
-        out[f"{dst}ln_1.weight"] = _norm_weight(args, ours[f"{src}input_layernorm.weight"])
+        out[f"{dst}ln_1.weight"] = stock_norm_weight(args, ours[f"{src}input_layernorm.weight"])
         out[f"{dst}ln_1.bias"] = ours[f"{src}input_layernorm.bias"]
         q, k, v = split_qkv(ours[f"{src}self_attention.linear_qkv.weight"], heads)
         out[f"{dst}attn.c_attn.weight"] = torch.cat([q, k, v], 0).t()
         out[f"{dst}attn.c_attn.bias"] = torch.cat(split_qkv(ours[f"{src}self_attention.linear_qkv.bias"], heads))
         out[f"{dst}attn.c_proj.weight"] = ours[f"{src}self_attention.linear_proj.weight"].t() * c_attn
         out[f"{dst}attn.c_proj.bias"] = ours[f"{src}self_attention.linear_proj.bias"] * c_attn
-        out[f"{dst}ln_2.weight"] = _norm_weight(args, ours[f"{src}pre_mlp_layernorm.weight"])
+        out[f"{dst}ln_2.weight"] = stock_norm_weight(args, ours[f"{src}pre_mlp_layernorm.weight"])
         out[f"{dst}ln_2.bias"] = ours[f"{src}pre_mlp_layernorm.bias"]
         out[f"{dst}mlp.c_fc.weight"] = ours[f"{src}mlp.linear_fc1.weight"].t()
         out[f"{dst}mlp.c_fc.bias"] = ours[f"{src}mlp.linear_fc1.bias"]
         out[f"{dst}mlp.c_proj.weight"] = ours[f"{src}mlp.linear_fc2.weight"].t() * c_mlp
         out[f"{dst}mlp.c_proj.bias"] = ours[f"{src}mlp.linear_fc2.bias"] * c_mlp
     s = float(table.lm_logit_scale)  # logits = s·LN_f(x)·Wᵀ: the scale goes into LN_f's weight and bias
-    out["transformer.ln_f.weight"] = _norm_weight(args, ours["decoder.final_layernorm.weight"]) * s
+    out["transformer.ln_f.weight"] = stock_norm_weight(args, ours["decoder.final_layernorm.weight"]) * s
     out["transformer.ln_f.bias"] = ours["decoder.final_layernorm.bias"] * s
     if not tied:
         out["lm_head.weight"] = ours["output_layer.weight"][:vocab_size]
@@ -110,7 +97,7 @@ def export_state(args, table, ours: Dict[str, torch.Tensor], vocab_size: int):
         "initializer_range": args.init_method_std, "scale_attn_weights": True, "tie_word_embeddings": tied,
         "torch_dtype": "float32",
     }
-    return config, {k: v.detach().to(torch.float32).contiguous().clone() for k, v in out.items()}
+    return config, float32_copies(out)
 
 
 def import_state(hf_tensors: Dict[str, torch.Tensor], config: dict, ours: Dict[str, torch.Tensor]):

@@ -66,3 +66,42 @@ def finish_import(hf_tensors, ours, state, put, vocab_rows: int) -> list:
         return [f"(the {rows - vocab_rows} padding rows of the vocabulary have logit 0; import with "
                 f"--make-vocab-size-divisible-by 1 to keep the softmax exactly transformers')"]
     return []
+
+
+def stock_norm_weight(args, weight: torch.Tensor) -> torch.Tensor:
+    """--apply-layernorm-1p computes (1 + w)·x̂: the stock (LayerNorm or RMSNorm) weight is 1 + w."""
+    return weight + 1.0 if getattr(args, "apply_layernorm_1p", False) else weight
+
+
+def branch_multipliers(table, post_ln: bool) -> list:
+    """Per-sublayer factors that fold λ/β into the branch output projections (Pre-LN or Post-LN rule)."""
+    from megatron.dslm import folding
+    from megatron.training.hf_checkpoint import UnmappableModel
+
+    fold = folding.post_ln_branch_multipliers if post_ln else folding.pre_ln_branch_multipliers
+    try:
+        return fold(folding.sublayer_scales(table.layers))
+    except ValueError as err:
+        raise UnmappableModel(str(err)) from None
+
+
+def pre_norm_decoder_reasons(args, family: str) -> list:
+    """What no Pre-norm transformers decoder (GPT-2, Llama) expresses: a Post-LN model, --qk-layernorm."""
+    reasons = []
+    if args.apply_residual_connection_post_layernorm:
+        reasons.append(f"the model is Post-LN ({family} is Pre-norm)")
+    if getattr(args, "qk_layernorm", False):
+        reasons.append("--qk-layernorm")
+    return reasons
+
+
+def refuse_if_any(hf_arch: str, reasons: list, hint: str = "") -> None:
+    from megatron.training.hf_checkpoint import UnmappableModel
+
+    if reasons:
+        raise UnmappableModel(f"{hf_arch} has no exact equivalent of " + ", ".join(reasons) + hint)
+
+
+def float32_copies(tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Detached contiguous fp32 copies: what the exported safetensors file holds."""
+    return {k: v.detach().to(torch.float32).contiguous().clone() for k, v in tensors.items()}

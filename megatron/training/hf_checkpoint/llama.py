@@ -15,9 +15,10 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from megatron.dslm import folding
 from megatron.training.hf_checkpoint import UnmappableModel
-from megatron.training.hf_checkpoint.layout import finish_import, pad_rows, state_filler
+from megatron.training.hf_checkpoint.layout import (branch_multipliers, finish_import, float32_copies, pad_rows,
+                                                    pre_norm_decoder_reasons, refuse_if_any, state_filler,
+                                                    stock_norm_weight)
 
 
 def is_llama_shaped(args) -> bool:
@@ -65,9 +66,7 @@ def flags_from_hf_config(config: dict) -> List[str]:
 
 def check_exportable(args) -> None:
     """Refuse what LlamaForCausalLM cannot express exactly."""
-    reasons = []
-    if args.apply_residual_connection_post_layernorm:
-        reasons.append("the model is Post-LN (Llama is Pre-norm)")
+    reasons = pre_norm_decoder_reasons(args, "Llama")
     if getattr(args, "normalization", "LayerNorm") != "RMSNorm":
         reasons.append(f"--normalization {getattr(args, 'normalization', 'LayerNorm')} (Llama uses RMSNorm)")
     if not getattr(args, "swiglu", False):
@@ -78,15 +77,7 @@ def check_exportable(args) -> None:
         reasons.append(f"--rotary-percent {args.rotary_percent}")
     if getattr(args, "rotary_seq_len_interpolation_factor", None):
         reasons.append("--rotary-seq-len-interpolation-factor")
-    if getattr(args, "qk_layernorm", False):
-        reasons.append("--qk-layernorm")
-    if reasons:
-        raise UnmappableModel("LlamaForCausalLM has no exact equivalent of " + ", ".join(reasons))
-
-
-def _norm_weight(args, weight: torch.Tensor) -> torch.Tensor:
-    """--apply-layernorm-1p computes (1 + w)·x̂: the stock norm weight is 1 + w."""
-    return weight + 1.0 if getattr(args, "apply_layernorm_1p", False) else weight
+    refuse_if_any("LlamaForCausalLM", reasons)
 
 
 def _groups(args) -> int:
@@ -116,10 +107,7 @@ def fuse_grouped_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: i
 def export_state(args, table, ours: Dict[str, torch.Tensor], vocab_size: int):
     """(Hugging Face config, tensors) of LlamaForCausalLM; λ/β folded into o_proj / down_proj (Pre-norm rule)."""
     check_exportable(args)
-    try:
-        mult = folding.pre_ln_branch_multipliers(folding.sublayer_scales(table.layers))
-    except ValueError as err:
-        raise UnmappableModel(str(err)) from None
+    mult = branch_multipliers(table, post_ln=False)
     heads, groups, ffn = args.num_attention_heads, _groups(args), args.ffn_hidden_size
     bias = bool(getattr(args, "add_bias_linear", True))
     tied = "output_layer.weight" not in ours
@@ -131,24 +119,18 @@ def export_state(args, table, ours: Dict[str, torch.Tensor], vocab_size: int):
         # linear_qkv.layer_norm_weight (both accepted).
         norm1 = ours.get(f"{src}input_layernorm.weight", ours.get(f"{src}self_attention.linear_qkv.layer_norm_weight"))
         norm2 = ours.get(f"{src}pre_mlp_layernorm.weight", ours.get(f"{src}mlp.linear_fc1.layer_norm_weight"))
-        out[f"{dst}input_layernorm.weight"] = _norm_weight(args, norm1)
-        out[f"{dst}post_attention_layernorm.weight"] = _norm_weight(args, norm2)
-        names = ("q_proj", "k_proj", "v_proj")
-        for name, t in zip(names, split_grouped_qkv(ours[f"{src}self_attention.linear_qkv.weight"], heads, groups)):
-            out[f"{dst}self_attn.{name}.weight"] = t
-        out[f"{dst}self_attn.o_proj.weight"] = ours[f"{src}self_attention.linear_proj.weight"] * c_attn
-        fc1 = ours[f"{src}mlp.linear_fc1.weight"]
-        out[f"{dst}mlp.gate_proj.weight"], out[f"{dst}mlp.up_proj.weight"] = fc1[:ffn].clone(), fc1[ffn:].clone()
-        out[f"{dst}mlp.down_proj.weight"] = ours[f"{src}mlp.linear_fc2.weight"] * c_mlp
-        if bias:
-            for name, t in zip(names, split_grouped_qkv(ours[f"{src}self_attention.linear_qkv.bias"], heads, groups)):
-                out[f"{dst}self_attn.{name}.bias"] = t
-            out[f"{dst}self_attn.o_proj.bias"] = ours[f"{src}self_attention.linear_proj.bias"] * c_attn
-            b1 = ours[f"{src}mlp.linear_fc1.bias"]
-            out[f"{dst}mlp.gate_proj.bias"], out[f"{dst}mlp.up_proj.bias"] = b1[:ffn].clone(), b1[ffn:].clone()
-            out[f"{dst}mlp.down_proj.bias"] = ours[f"{src}mlp.linear_fc2.bias"] * c_mlp
+        out[f"{dst}input_layernorm.weight"] = stock_norm_weight(args, norm1)
+        out[f"{dst}post_attention_layernorm.weight"] = stock_norm_weight(args, norm2)
+        for kind in ("weight",) + (("bias",) if bias else ()):
+            qkv = split_grouped_qkv(ours[f"{src}self_attention.linear_qkv.{kind}"], heads, groups)
+            for name, t in zip(("q_proj", "k_proj", "v_proj"), qkv):
+                out[f"{dst}self_attn.{name}.{kind}"] = t
+            out[f"{dst}self_attn.o_proj.{kind}"] = ours[f"{src}self_attention.linear_proj.{kind}"] * c_attn
+            fc1 = ours[f"{src}mlp.linear_fc1.{kind}"]
+            out[f"{dst}mlp.gate_proj.{kind}"], out[f"{dst}mlp.up_proj.{kind}"] = fc1[:ffn].clone(), fc1[ffn:].clone()
+            out[f"{dst}mlp.down_proj.{kind}"] = ours[f"{src}mlp.linear_fc2.{kind}"] * c_mlp
     # logits = s·RMSNorm_f(x)·Wᵀ: RMSNorm has no bias, so the scale goes into its weight alone
-    out["model.norm.weight"] = _norm_weight(args, ours["decoder.final_layernorm.weight"]) * float(table.lm_logit_scale)
+    out["model.norm.weight"] = stock_norm_weight(args, ours["decoder.final_layernorm.weight"]) * float(table.lm_logit_scale)
     if not tied:
         out["lm_head.weight"] = ours["output_layer.weight"][:vocab_size]
     config = {
@@ -157,10 +139,11 @@ def export_state(args, table, ours: Dict[str, torch.Tensor], vocab_size: int):
         "num_attention_heads": heads, "num_key_value_heads": groups, "head_dim": args.kv_channels,
         "hidden_act": "silu", "max_position_embeddings": args.max_position_embeddings,
         "rms_norm_eps": args.norm_epsilon, "rope_theta": float(getattr(args, "rotary_base", 10000)),
-        "rope_parameters": {"rope_theta": float(getattr(args, "rotary_base", 10000)), "rope_type": "default"}, "attention_bias": bias, "mlp_bias": bias, "attention_dropout": args.attention_dropout,
+        "rope_parameters": {"rope_theta": float(getattr(args, "rotary_base", 10000)), "rope_type": "default"},
+        "attention_bias": bias, "mlp_bias": bias, "attention_dropout": args.attention_dropout,
         "initializer_range": args.init_method_std, "tie_word_embeddings": tied, "torch_dtype": "float32",
     }
-    return config, {k: v.detach().to(torch.float32).contiguous().clone() for k, v in out.items()}
+    return config, float32_copies(out)
 
 
 def import_state(hf_tensors: Dict[str, torch.Tensor], config: dict, ours: Dict[str, torch.Tensor]):
