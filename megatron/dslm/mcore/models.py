@@ -21,6 +21,8 @@ import copy
 import functools
 from typing import Optional
 
+import torch
+
 from megatron.core.models.bert.bert_model import BertModel
 from megatron.core.models.common.embeddings.language_model_embedding import LanguageModelEmbedding
 from megatron.core.models.gpt.gpt_model import GPTModel
@@ -35,15 +37,29 @@ from megatron import perf
 from megatron.perf import SpeedOptions
 
 
-class NormedLanguageModelEmbedding(LanguageModelEmbedding):
-    """``LanguageModelEmbedding`` followed by a LayerNorm (original BERT's embedding LayerNorm, Post-LN).
+class _NormThenDropout(torch.nn.Module):
+    """Stands in for the stock ``embedding_dropout``: the owner's ``embedding_layernorm``, then the dropout.
 
-    The norm is the child ``embedding_layernorm`` (checkpoint key ``embedding.embedding_layernorm.*``) and runs
-    after the embedding dropout, as the stock forward returns it.
+    The norm stays registered on the embedding only (a list hides it from this module), so its checkpoint key is
+    unchanged; the stock forward calls this where it would call the dropout, inside the sequence-parallel RNG fork.
     """
 
-    def forward(self, *args, **kwargs):
-        return self.embedding_layernorm(super().forward(*args, **kwargs))
+    def __init__(self, owner: torch.nn.Module, dropout: torch.nn.Module):
+        super().__init__()
+        self.dropout = dropout
+        self._owner = [owner]
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self._owner[0].embedding_layernorm(embeddings))
+
+
+class NormedLanguageModelEmbedding(LanguageModelEmbedding):
+    """``LanguageModelEmbedding`` with original BERT's embedding LayerNorm (Post-LN): word + position + token
+    type -> LayerNorm -> dropout, as Google's BERT and transformers' ``BertEmbeddings`` order them (a LayerNorm
+    after the dropout would renormalise the dropout noise and train on other statistics than it evaluates on).
+
+    The norm is the child ``embedding_layernorm`` (checkpoint key ``embedding.embedding_layernorm.*``).
+    """
 
     @classmethod
     def specialise(cls, embedding: LanguageModelEmbedding, config: TransformerConfig) -> "NormedLanguageModelEmbedding":
@@ -57,6 +73,7 @@ class NormedLanguageModelEmbedding(LanguageModelEmbedding):
         embedding.__class__ = cls
         embedding.embedding_layernorm = build_module(norm_spec, config=config, hidden_size=config.hidden_size,
                                                      eps=config.layernorm_epsilon)
+        embedding.embedding_dropout = _NormThenDropout(embedding, embedding.embedding_dropout)
         return embedding
 
 
