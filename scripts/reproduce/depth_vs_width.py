@@ -19,7 +19,7 @@ Every run lives in ``runs/depth_vs_width/<name>/`` (gitignored) and is finished 
 there: rerunning the script skips finished runs and restarts unfinished ones, so a sweep can be stopped at any
 time and resumed with the same command::
 
-    nohup setsid nice -n 19 python scripts/reproduce/depth_vs_width.py > runs/depth_vs_width/sweep.log 2>&1 &
+    nohup setsid nice -n 19 python scripts/reproduce/depth_vs_width.py --jobs 2 > runs/depth_vs_width/sweep.log 2>&1 &
     python scripts/reproduce/depth_vs_width.py --plan          # the plan and its CPU time; runs nothing
     python scripts/reproduce/depth_vs_width.py --measure       # tokens/s per shape on one thread (50 steps)
     python scripts/reproduce/depth_vs_width.py --report-only   # JSON and figure from the finished runs
@@ -269,12 +269,31 @@ def best_lr(rows):
     return min(ok, key=lambda r: r["val_loss"])["lr"] if ok else None
 
 
-def sweep(work: Path, cfg: dict, data: dict, budget: C.Budget, phases, on_progress=None) -> dict:
-    """Grid, then finals, then seeds; ``on_progress(result so far)`` after the grid and after each final run."""
+def _run_many(jobs: int, tasks: list) -> list:
+    """Run ``tasks`` (callables returning a row) ``jobs`` at a time (each run is its own one-thread process),
+    printing each finished run with the count and an ETA."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    t0, done, rows = time.time(), [0], [None] * len(tasks)
+
+    def one(i):
+        rows[i] = tasks[i]()
+        done[0] += 1
+        left = (time.time() - t0) / done[0] * (len(tasks) - done[0])
+        print(f"  [{done[0]}/{len(tasks)}] {time.time() - t0:.0f} s, ETA {left / 60:.0f} min", flush=True)
+
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        list(pool.map(one, range(len(tasks))))
+    return rows
+
+
+def sweep(work: Path, cfg: dict, data: dict, budget: C.Budget, phases, on_progress=None, jobs: int = 1) -> dict:
+    """Grid, then finals, then seeds; ``on_progress(result so far)`` after the grid and after each phase."""
     grid, finals = {}, {}
     progress = on_progress or (lambda result: None)
     heldout = {**data, "heldout_tokens": data["tokens"]["heldout"]}
-    for shape in cfg["shapes"]:  # grid, every (shape, scheme, lr); cheapest first within a phase is not needed
+    todo = []
+    for shape in cfg["shapes"]:  # grid, every (shape, scheme, lr)
         for scheme, post_ln in cfg["schemes"]:
             key = (shape, scheme, post_ln)
             grid[key] = []
@@ -282,28 +301,39 @@ def sweep(work: Path, cfg: dict, data: dict, budget: C.Budget, phases, on_progre
                 name = grid_name(shape, scheme, post_ln, lr, SEEDS[0])
                 if "grid" not in phases or (budget.spent() and not (work / "runs" / name / "result.json").exists()):
                     continue
-                meta = meta_for(shape, scheme, post_ln, lr, cfg["grid_tokens"], SEEDS[0], cfg, "grid")
-                row = run_one(work, name, run_flags(shape, scheme, post_ln, lr, cfg["grid_tokens"], SEEDS[0], cfg,
-                                                    data, evals=1), meta)
-                grid[key].append(row)
-                print(f"  {name}: val {row.get('val_loss')} ({row.get('outcome')})", flush=True)
+                todo.append((key, name, shape, scheme, post_ln, lr))
+
+    def grid_task(key, name, shape, scheme, post_ln, lr):
+        def task():
+            meta = meta_for(shape, scheme, post_ln, lr, cfg["grid_tokens"], SEEDS[0], cfg, "grid")
+            row = run_one(work, name, run_flags(shape, scheme, post_ln, lr, cfg["grid_tokens"], SEEDS[0], cfg,
+                                                data, evals=1), meta)
+            print(f"  {name}: val {row.get('val_loss')} ({row.get('outcome')})", flush=True)
+            return row
+        return task
+
+    for (key, *_), row in zip(todo, _run_many(jobs, [grid_task(*t) for t in todo])):
+        grid[key].append(row)
     progress({"grid": grid, "finals": finals})
-    for key, rows in grid.items():
-        lr = best_lr(rows)
-        if lr is None or len(rows) < len(cfg["lrs"]) or "final" not in phases:
-            continue
-        finals[key] = [_final(work, key, lr, SEEDS[0], cfg, data, heldout, budget)]
-        progress({"grid": grid, "finals": finals})
+    keys = [key for key, rows in grid.items()
+            if best_lr(rows) is not None and len(rows) == len(cfg["lrs"]) and "final" in phases]
+    rows = _run_many(jobs, [lambda key=key: _final(work, key, best_lr(grid[key]), SEEDS[0], cfg, data, heldout,
+                                                   budget) for key in keys])
+    finals.update({key: [row] for key, row in zip(keys, rows)})
+    progress({"grid": grid, "finals": finals})
     if "seeds" in phases:
         done = {k: v[0] for k, v in finals.items() if v[0] and v[0].get("val_loss") is not None}
         depth = sorted({k[0][0] for k in done})
+        picks = []
         for layers in (depth[:1] + depth[-1:]) if len(depth) > 1 else []:
             cands = [(r["val_loss"], k) for k, r in done.items() if k[0][0] == layers]
-            _, key = min(cands)
-            extra = _final(work, key, done[key]["lr"], SEEDS[1], cfg, data, heldout, budget)
+            picks.append(min(cands)[1])
+        extras = _run_many(jobs, [lambda key=key: _final(work, key, done[key]["lr"], SEEDS[1], cfg, data, heldout,
+                                                         budget) for key in picks])
+        for key, extra in zip(picks, extras):
             if extra:
                 finals[key].append(extra)
-                progress({"grid": grid, "finals": finals})
+        progress({"grid": grid, "finals": finals})
     return {"grid": grid, "finals": finals}
 
 
@@ -425,6 +455,7 @@ def main():
     ap.add_argument("--phases", default="grid,final,seeds", help="comma list of grid, final, seeds")
     ap.add_argument("--grid-tokens", type=int, default=None, help="tokens per lr-grid run")
     ap.add_argument("--final-tokens", type=int, default=None, help="tokens per final run")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time (each one thread); 2 on a 2-core machine")
     ap.add_argument("--tiny", action="store_true", help="two tiny shapes, two schemes, 400 documents: smoke check")
     ap.add_argument("--plan", action="store_true", help="print the protocol's CPU time from measured speeds")
     ap.add_argument("--measure", action="store_true", help="measure tokens/s per shape (one thread) and stop")
@@ -463,8 +494,10 @@ def main():
     budget = C.Budget(args.budget if args.budget is not None else 1e9)
     if args.report_only:  # every phase, but no run is launched: only finished ones are read
         budget = C.Budget(0)
+    if args.jobs < 1:
+        sys.exit(f"error: --jobs {args.jobs}: at least 1")
     result = sweep(work, cfg, data, budget, phases,
-                   on_progress=lambda partial: write_results(work, out, cfg, data, partial))
+                   on_progress=lambda partial: write_results(work, out, cfg, data, partial), jobs=args.jobs)
     write_results(work, out, cfg, data, result)
     print(f"done in {time.time() - t0:.0f} s")
     return 0
