@@ -201,7 +201,8 @@ def forward_step(data_iterator, model, use_tokentypes: bool = True, masked_posit
 
 
 if __name__ == "__main__":
-    from megatron.training.training import pretrain, run_main
+    from megatron.core.enums import ModelType
+    from megatron.training import pretrain
 
     def _forward_step(data_iterator, model):
         from megatron.training.global_vars import get_args
@@ -210,6 +211,6 @@ if __name__ == "__main__":
         return forward_step(data_iterator, model, num_tokentypes_from_args(args) > 0,
                             masked_positions_from_args(args))
 
-    run_main(lambda: pretrain(
-        datasets_provider, model_provider, _forward_step, extra_args_provider=add_bert_args,
-        args_defaults={"tokenizer_type": "BertWordPieceLowerCase", "num_tokentypes": BERT_NUM_TOKENTYPES}))
+    pretrain(datasets_provider, model_provider, ModelType.encoder_or_decoder, _forward_step,
+             extra_args_provider=add_bert_args,
+             args_defaults={"tokenizer_type": "BertWordPieceLowerCase", "num_tokentypes": BERT_NUM_TOKENTYPES})

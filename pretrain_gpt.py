@@ -65,6 +65,7 @@ def forward_step(data_iterator, model):
 
 
 if __name__ == "__main__":  # the checkpoint writer re-imports __main__: keep the body behind this guard
-    from megatron.training.training import pretrain, run_main
+    from megatron.core.enums import ModelType
+    from megatron.training import pretrain
 
-    run_main(lambda: pretrain(datasets_provider, model_provider, forward_step))
+    pretrain(datasets_provider, model_provider, ModelType.encoder_or_decoder, forward_step)

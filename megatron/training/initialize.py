@@ -29,8 +29,15 @@ def initialize_distributed(
     pipeline_model_parallel_size: int = 1,
     force_cpu: bool = False,
     timeout_minutes: int = 10,
+    get_embedding_ranks=None,
+    get_position_embedding_ranks=None,
+    store=None,
 ) -> None:
-    """Create the default process group (NCCL on GPUs, gloo in CPU mode) and megatron's parallel groups."""
+    """Create the default process group (NCCL on GPUs, gloo in CPU mode) and megatron's parallel groups.
+
+    ``get_embedding_ranks`` / ``get_position_embedding_ranks``: megatron-core's choice of the pipeline ranks
+    holding (position) embeddings, None for its default; ``store``: a torch.distributed Store to rendezvous
+    through instead of MASTER_ADDR/MASTER_PORT (upstream's pretrain() keywords)."""
     from megatron.core import parallel_state
 
     perf.install_process_wide(force_cpu)  # CPU shim (CPU mode only), foreach multi-tensor fallbacks
@@ -41,9 +48,12 @@ def initialize_distributed(
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
         if not cpu_compat.is_cpu_mode():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        rendezvous = {} if store is None else {
+            "store": store, "rank": int(os.environ["RANK"]), "world_size": int(os.environ["WORLD_SIZE"])}
         torch.distributed.init_process_group(
             backend=cpu_compat.default_backend(),
             timeout=datetime.timedelta(minutes=timeout_minutes),
+            **rendezvous,
         )
     world = torch.distributed.get_world_size()
     model_parallel = tensor_model_parallel_size * pipeline_model_parallel_size
@@ -58,6 +68,8 @@ def initialize_distributed(
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
         distributed_timeout_minutes=timeout_minutes,
+        get_embedding_ranks=get_embedding_ranks,
+        get_position_embedding_ranks=get_position_embedding_ranks,
     )
 
 

@@ -1,12 +1,15 @@
 """The training loop on megatron-core: DDP, optimizer, LR schedule, pipeline schedules, eval, checkpoints, logs.
 
-Entry scripts bring three providers and call :func:`pretrain` (upstream's contract):
+Entry scripts bring three providers and call :func:`pretrain` with upstream's order,
+``pretrain(datasets_provider, model_provider, ModelType.encoder_or_decoder, forward_step)``:
 
-- ``model_provider(pre_process, post_process, config) -> MegatronModule``
+- ``model_provider(pre_process, post_process[, vp_stage][, config][, pg_collection]) -> MegatronModule``
+  (each keyword is passed where the signature names it)
 - ``datasets_provider(train_val_test_num_samples) -> (train_ds, valid_ds, test_ds)``
-- ``forward_step(data_iterator, model) -> (output_tensor, loss_func)`` where
-  ``loss_func(output_tensor) -> (loss, {"lm loss": detached tensor, ...})``; every key is averaged over
-  micro-batches and data-parallel ranks and logged as ``key: value``.
+- ``forward_step(data_iterator, model) -> (output_tensor, loss_func)`` where ``loss_func(output_tensor)``
+  returns upstream's ``(loss, {"lm loss": detached mean, ...})`` or ``(loss_sum, num_tokens,
+  {"lm loss": tensor([sum, count]), ...})``; every key is reduced over micro-batches and data-parallel ranks
+  (a mean per micro-batch averaged, a [sum, count] pair token-weighted) and logged as ``key: value``.
 
 Finetuning (``tasks/``) reuses :func:`setup_model_and_optimizer`, :func:`train_step` and :func:`evaluate`
 instead of writing a second loop. Data order lives in ``megatron.training.data_iterators``; console lines,
@@ -16,11 +19,13 @@ TensorBoard, the JSONL metrics file and moment logging in ``megatron.training.me
 from __future__ import annotations
 
 import contextlib
+import enum
+import inspect
 import math
 import os
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -41,8 +46,12 @@ def parse_args(extra_args_provider=None, args_defaults=None, argv=None):
     return parser.parse_args(argv)
 
 
-def initialize_megatron(extra_args_provider=None, args_defaults=None, argv=None):
-    """Parse and validate flags, start the process groups (gloo on CPU), seed, build the tokenizer."""
+def initialize_megatron(extra_args_provider=None, args_defaults=None, argv=None, get_embedding_ranks=None,
+                        get_position_embedding_ranks=None, store=None):
+    """Parse and validate flags, start the process groups (gloo on CPU), seed, build the tokenizer.
+
+    ``get_embedding_ranks`` / ``get_position_embedding_ranks`` / ``store``: upstream's pretrain() keywords,
+    handed to megatron-core's model-parallel set-up and ``init_process_group``."""
     from megatron.training.initialize import initialize_distributed, set_random_seed
     from megatron.training.model_setup import resolve_embedding_corr
     from megatron.training.tokenizers import build_tokenizer_from_args
@@ -55,7 +64,9 @@ def initialize_megatron(extra_args_provider=None, args_defaults=None, argv=None)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     validate_args(args, world_size)  # before any process group: bad input fails fast on every rank
     initialize_distributed(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
-                           force_cpu=args.cpu, timeout_minutes=args.distributed_timeout_minutes)
+                           force_cpu=args.cpu, timeout_minutes=args.distributed_timeout_minutes,
+                           get_embedding_ranks=get_embedding_ranks,
+                           get_position_embedding_ranks=get_position_embedding_ranks, store=store)
     _set_virtual_pipeline(args)
     if args.save and torch.distributed.get_rank() == 0:
         from megatron.training import save_lock
@@ -108,6 +119,9 @@ class NonFiniteError(RuntimeError):
     turns it into one line on stderr and exit status 3."""
 
 
+_IN_RUN_MAIN = False  # True while run_main runs an entry point: pretrain() then runs inside it, not again
+
+
 def run_main(main: Callable[[], None]) -> None:
     """Run an entry point: configuration/data errors become one line on stderr and exit status 2, a
     non-finite loss or grad norm exit status 3."""
@@ -115,7 +129,8 @@ def run_main(main: Callable[[], None]) -> None:
 
     from megatron.training.initialize import destroy_distributed
 
-    status = 0
+    global _IN_RUN_MAIN
+    status, outer, _IN_RUN_MAIN = 0, _IN_RUN_MAIN, True
     try:
         main()
     except (ConfigError, TokenizerError, FileNotFoundError) as err:
@@ -127,6 +142,8 @@ def run_main(main: Callable[[], None]) -> None:
         if global_vars.is_last_rank():
             print(f"error: {err}", file=sys.stderr, flush=True)
         status = 3
+    finally:
+        _IN_RUN_MAIN = outer
     # Tear the process groups down before interpreter exit: leaving gloo's threads to static destructors
     # intermittently aborts the process ("terminate called without an active exception", SIGABRT) after
     # a run that finished fine.
@@ -171,6 +188,7 @@ def build_model(model_provider, args) -> List[torch.nn.Module]:
     chunk of the first stage embeds, only the last chunk of the last stage has the head."""
     from megatron.core import parallel_state as ps
     from megatron.core.distributed import DistributedDataParallelConfig
+    from megatron.core.enums import ModelType
     from megatron.core.transformer.module import Float16Module
     from megatron import perf
     from megatron.perf import cpu_compat
@@ -188,12 +206,15 @@ def build_model(model_provider, args) -> List[torch.nn.Module]:
     chunks = []
     for vp_stage in range(vp or 1):
         if vp is None:
-            model = model_provider(pre_process=ps.is_pipeline_first_stage(),
-                                   post_process=ps.is_pipeline_last_stage(), config=config)
+            model = call_model_provider(model_provider, ps.is_pipeline_first_stage(), ps.is_pipeline_last_stage(),
+                                        config)
         else:
-            model = model_provider(pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
-                                   post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
-                                   config=config, vp_stage=vp_stage)
+            model = call_model_provider(model_provider,
+                                        ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+                                        ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
+                                        config, vp_stage)
+        if not hasattr(model, "model_type"):  # the schedules read it; megatron-core's models set it themselves
+            model.model_type = ModelType.encoder_or_decoder
         if not cpu_compat.is_cpu_mode():
             model.cuda(torch.cuda.current_device())
         if args.fp16 or args.bf16:
@@ -204,6 +225,37 @@ def build_model(model_provider, args) -> List[torch.nn.Module]:
             bucket_size=args.ddp_bucket_size, average_in_collective=args.ddp_average_in_collective)
         chunks.append(perf.wrap_ddp(config, ddp_config, model, args.grad_buffer_impl))
     return chunks
+
+
+def call_model_provider(model_provider, pre_process: bool, post_process: bool, config, vp_stage=None):
+    """One model chunk from ``model_provider``, given the keywords its signature names (all, with ``**kwargs``).
+
+    Upstream's providers range from ``(pre_process, post_process)`` through ``vp_stage`` to ``config`` and
+    ``pg_collection`` (megatron-core's groups); ours take ``config``. A provider without ``vp_stage`` cannot
+    build the chunks of the interleaved pipeline."""
+    try:
+        params = inspect.signature(model_provider).parameters
+    except (TypeError, ValueError):  # no signature to read (a C callable): pass everything
+        params = None
+
+    def takes(name: str) -> bool:
+        return (params is None or name in params
+                or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()))
+
+    kwargs = {"pre_process": pre_process, "post_process": post_process}
+    if takes("config"):
+        kwargs["config"] = config
+    if takes("vp_stage"):
+        kwargs["vp_stage"] = vp_stage
+    elif vp_stage is not None:
+        raise ConfigError(f"the model provider {getattr(model_provider, '__name__', model_provider)!r} takes no "
+                          "vp_stage argument, which the interleaved pipeline (--num-layers-per-virtual-pipeline-"
+                          "stage) needs to build each model chunk: add vp_stage=None to its signature")
+    if takes("pg_collection"):
+        from megatron.core.process_groups_config import ProcessGroupCollection
+
+        kwargs["pg_collection"] = ProcessGroupCollection.use_mpu_process_groups()
+    return model_provider(**kwargs)
 
 
 def setup_model_and_optimizer(model_provider, args=None):
@@ -243,11 +295,14 @@ def setup_model_and_optimizer(model_provider, args=None):
 
 # --------------------------------------------------------------------------------------------- steps
 
-def _reduce_loss_dicts(loss_dicts: List[Dict[str, torch.Tensor]]) -> Dict[str, float]:
-    """Each logged value over micro-batches and data-parallel ranks (last pipeline stage only).
+def _loss_sums(loss_dicts: List[Dict[str, torch.Tensor]]) -> Dict[str, Tuple[float, float]]:
+    """Each logged value as (numerator, denominator), summed over micro-batches and data-parallel ranks (last
+    pipeline stage only; {} elsewhere): value = numerator / denominator.
 
-    A one-element value (our 2-tuple loss functions) is averaged; a two-element ``[sum, count]`` (upstream's
-    3-tuple report) is summed in both parts and logged as sum / count, a token-weighted mean as upstream's."""
+    A one-element value (a 2-tuple loss function's per-micro-batch mean) counts once per micro-batch, so the
+    value is the mean over micro-batches; a two-element ``[sum, count]`` (upstream's 3-tuple report) adds both
+    parts, so the value is the token-weighted mean of upstream's training_log. Sums stay separate so an
+    evaluation can add them over its batches before dividing, as upstream's does."""
     from megatron.core import parallel_state as ps
 
     if not loss_dicts or not ps.is_pipeline_last_stage():
@@ -260,13 +315,22 @@ def _reduce_loss_dicts(loss_dicts: List[Dict[str, torch.Tensor]]) -> Dict[str, f
     rows = torch.stack([torch.cat([d[k].detach().float().reshape(-1) for k in keys]) for d in loss_dicts])
     columns = torch.cat([rows.sum(0), rows.new_tensor([float(len(loss_dicts))])])
     torch.distributed.all_reduce(columns, group=ps.get_data_parallel_group())
-    batches = columns[-1]  # micro-batches over all data-parallel ranks
-    reduced, at = {}, 0
+    batches = columns[-1].item()  # micro-batches over all data-parallel ranks
+    sums, at = {}, 0
     for key, width in zip(keys, widths):
-        value = columns[at] / batches if width == 1 else columns[at] / columns[at + 1].clamp(min=1.0)
-        reduced[key] = value.item()
+        sums[key] = (columns[at].item(), batches if width == 1 else columns[at + 1].item())
         at += width
-    return reduced
+    return sums
+
+
+def _divide(sums: Dict[str, Tuple[float, float]]) -> Dict[str, float]:
+    """numerator / denominator per key; a count of 0 (every token masked) gives 0, not a division error."""
+    return {key: num / max(den, 1.0) for key, (num, den) in sums.items()}
+
+
+def _reduce_loss_dicts(loss_dicts: List[Dict[str, torch.Tensor]]) -> Dict[str, float]:
+    """Each logged value of one step over micro-batches and data-parallel ranks (see :func:`_loss_sums`)."""
+    return _divide(_loss_sums(loss_dicts))
 
 
 def chunk_data_iterators(data_iterator, model):
@@ -304,14 +368,14 @@ def train_step(forward_step, data_iterator, model, optimizer, scheduler, args=No
 
 
 def evaluate(forward_step, data_iterator, model, num_iters: int, args=None) -> Dict[str, float]:
-    """Forward-only pass over ``num_iters`` global batches; mean of each logged value."""
+    """Forward-only pass over ``num_iters`` global batches; each logged value over all of them (a [sum, count]
+    value token-weighted over every batch, a scalar the mean over every micro-batch)."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     args = args or global_vars.get_args()
     for chunk in model:
         chunk.eval()
-    totals: Dict[str, float] = {}
-    done = 0
+    totals: Dict[str, Tuple[float, float]] = {}
     with torch.no_grad():
         for _ in range(num_iters):
             try:
@@ -323,12 +387,34 @@ def evaluate(forward_step, data_iterator, model, num_iters: int, args=None) -> D
                     forward_only=True)
             except StopIteration:
                 break
-            for k, v in _reduce_loss_dicts(loss_dicts).items():
-                totals[k] = totals.get(k, 0.0) + v
-            done += 1
+            for key, (num, den) in _loss_sums(loss_dicts).items():
+                total = totals.get(key, (0.0, 0.0))
+                totals[key] = (total[0] + num, total[1] + den)
     for chunk in model:
         chunk.train()
-    return {k: v / max(done, 1) for k, v in totals.items()}
+    return _divide(totals)
+
+
+def non_loss_data(forward_step, data_iterator, model, args, collect: Optional[Callable] = None):
+    """Upstream's evaluation side channel: ``collect(model)`` if given, else one forward-only step whose loss
+    functions are called as ``loss_func(output_tensor, non_loss_data=True)``; their results, one per micro-batch
+    (on the last pipeline stage; [] elsewhere). Every rank runs it, so tensor-parallel collectives line up."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    if collect is not None:
+        return collect(model)
+    for chunk in model:
+        chunk.eval()
+    try:
+        with torch.no_grad():
+            return get_forward_backward_func()(
+                forward_step_func=forward_step, data_iterator=chunk_data_iterators(data_iterator, model),
+                model=model, num_microbatches=args.num_microbatches, seq_length=args.seq_length,
+                micro_batch_size=args.micro_batch_size, decoder_seq_length=args.seq_length, forward_only=True,
+                collect_non_loss_data=True)
+    finally:
+        for chunk in model:
+            chunk.train()
 
 
 # --------------------------------------------------------------------------------------------- NaN guard
@@ -381,10 +467,11 @@ def _params_finite(model) -> bool:
 # --------------------------------------------------------------------------------------------- loop
 
 def train(forward_step, model, optimizer, scheduler, train_iterator, valid_iterator, args=None,
-          logger: Optional[TrainingLogger] = None) -> int:
+          logger: Optional[TrainingLogger] = None, after_eval: Optional[Callable] = None) -> int:
     """Run from ``args.iteration`` to ``args.train_iters``; returns the last iteration reached.
 
-    ``logger``: the caller's, kept open (pretrain logs the final evaluation to the same metrics file)."""
+    ``logger``: the caller's, kept open (pretrain logs the final evaluation to the same metrics file);
+    ``after_eval(iteration, valid_iterator)``: called after each periodic evaluation (upstream's non-loss data)."""
     args = args or global_vars.get_args()
     own_logger = logger is None
     logger = logger or TrainingLogger(args)
@@ -397,7 +484,7 @@ def train(forward_step, model, optimizer, scheduler, train_iterator, valid_itera
     try:
         with stop_signal or contextlib.nullcontext():
             iteration = _train_loop(forward_step, model, optimizer, scheduler, train_iterator, valid_iterator,
-                                    args, logger, moments, param_gather, iteration, stop_signal)
+                                    args, logger, moments, param_gather, iteration, stop_signal, after_eval)
     finally:
         moments.close()
         if own_logger:
@@ -406,7 +493,7 @@ def train(forward_step, model, optimizer, scheduler, train_iterator, valid_itera
 
 
 def _train_loop(forward_step, model, optimizer, scheduler, train_iterator, valid_iterator, args, logger, moments,
-                param_gather, iteration, stop_signal=None) -> int:
+                param_gather, iteration, stop_signal=None, after_eval=None) -> int:
     check = getattr(args, "check_for_nan_in_loss_and_grad", False)
     while iteration < args.train_iters:
         # moments are labelled by the updates already applied: iteration 0 is the init profile (the first
@@ -425,9 +512,11 @@ def _train_loop(forward_step, model, optimizer, scheduler, train_iterator, valid
             message = f"{problem} at iteration {iteration}; last checkpoint: {last_checkpoint(args)}"
             logger.log_stop(iteration, message)
             raise NonFiniteError(message)
-        if args.eval_iters and valid_iterator is not None and iteration % args.eval_interval == 0:
+        if validates(args, valid_iterator) and iteration % args.eval_interval == 0:
             with param_gather.paused():
                 logger.log_eval(iteration, evaluate(forward_step, valid_iterator, model, args.eval_iters, args))
+                if after_eval is not None:
+                    after_eval(iteration, valid_iterator)
         if args.save and args.save_interval and iteration % args.save_interval == 0:
             with param_gather.paused():
                 save(iteration, model, optimizer, scheduler, args)
@@ -445,6 +534,13 @@ def _train_loop(forward_step, model, optimizer, scheduler, train_iterator, valid
             break
     param_gather.disable()  # the last step's params are gathered before a final evaluation or save
     return iteration
+
+
+def validates(args, valid_iterator) -> bool:
+    """Whether this run evaluates: ``args.do_valid`` where pretrain agreed it over the ranks (a rank holding no
+    validation data still takes part: it receives its batches by broadcast), else whether this rank has data."""
+    do_valid = getattr(args, "do_valid", None)
+    return bool(args.eval_iters) and (valid_iterator is not None if do_valid is None else bool(do_valid))
 
 
 _PROCESS_START = time.time()  # upstream's --exit-duration-in-mins counts from the start of the program
@@ -514,27 +610,106 @@ def save(iteration, model, optimizer, scheduler, args):
     print_rank_0(f"> saved checkpoint {path} in {time.time() - t0:.1f}s")
 
 
-def pretrain(datasets_provider, model_provider, forward_step, extra_args_provider=None, args_defaults=None,
-             argv=None) -> None:
-    """Upstream's pretrain(): initialise, build model/optimizer/data, train, evaluate, save."""
-    args = initialize_megatron(extra_args_provider, args_defaults, argv)
+def check_model_type(model_type) -> None:
+    """Refuse a ``model_type`` this stack does not train, by name: only megatron-core's encoder_or_decoder
+    (one transformer stack: GPT, BERT) is built here."""
+    from megatron.core.enums import ModelType
+
+    if model_type is ModelType.encoder_or_decoder:
+        return
+    if callable(model_type):
+        raise ConfigError(
+            f"pretrain(): the third argument is model_type, got the function "
+            f"{getattr(model_type, '__name__', repr(model_type))!r}: upstream's order is pretrain("
+            "train_valid_test_dataset_provider, model_provider, ModelType.encoder_or_decoder, forward_step_func)")
+    if isinstance(model_type, enum.Enum):
+        raise ConfigError(f"pretrain(): model_type {type(model_type).__name__}.{model_type.name} is not supported: "
+                          "only ModelType.encoder_or_decoder (one transformer stack, as GPT and BERT) trains here")
+    raise ConfigError(f"pretrain(): model_type must be megatron.core.enums.ModelType.encoder_or_decoder, got "
+                      f"{type(model_type).__name__} {model_type!r}")
+
+
+def _has_data(dataset) -> bool:
+    return dataset is not None and len(dataset) > 0
+
+
+def agree_data(train_ds, valid_ds) -> Tuple[bool, bool]:
+    """Whether any rank holds training / validation data (max over all ranks).
+
+    Upstream-style providers build datasets only on the ranks that read them (megatron-core's
+    ``is_built_on_rank``: tensor-parallel rank 0 of the first and last pipeline stages); the others get None,
+    receive their batches by broadcast, and still run every step and every evaluation."""
+    from megatron.training.device import input_device
+
+    flags = torch.tensor([float(_has_data(train_ds)), float(_has_data(valid_ds))], device=input_device())
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    return bool(flags[0].item()), bool(flags[1].item())
+
+
+def pretrain(train_valid_test_dataset_provider, model_provider, model_type, forward_step_func=None,
+             process_non_loss_data_func=None, extra_args_provider=None, args_defaults=None,
+             get_embedding_ranks=None, get_position_embedding_ranks=None, non_loss_data_func=None, store=None,
+             inprocess_call_wrapper=None, argv=None) -> None:
+    """Upstream's pretrain(), same positional order and keywords: initialise, build model/optimizer/data, train,
+    evaluate, save.
+
+    Called directly, as upstream entry scripts do, it runs under :func:`run_main`, so bad input is one
+    ``error:`` line and a non-zero exit. The dataset provider is called on every rank, what its
+    ``is_distributed = True`` asks for (megatron-core's dataset builder decides where to build), so the
+    attribute changes nothing here. ``process_non_loss_data_func(data, iteration, writer)`` gets
+    :func:`non_loss_data` after each evaluation on the last rank when TensorBoard is on;
+    ``inprocess_call_wrapper`` (upstream's in-process restart) must be None. ``argv``: flags instead of
+    sys.argv. ``forward_step_func`` is required (its default lets the old three-argument order fail by name)."""
+    def run():
+        check_model_type(model_type)
+        if forward_step_func is None:
+            raise ConfigError("pretrain(): forward_step_func (the fourth argument) is missing")
+        if inprocess_call_wrapper is not None:
+            raise ConfigError("pretrain(): inprocess_call_wrapper is not supported: this stack has no in-process "
+                              "restart")
+        args = initialize_megatron(extra_args_provider, args_defaults, argv, get_embedding_ranks=get_embedding_ranks,
+                                   get_position_embedding_ranks=get_position_embedding_ranks, store=store)
+        _pretrain(train_valid_test_dataset_provider, model_provider, forward_step_func, args,
+                  process_non_loss_data_func, non_loss_data_func)
+
+    if _IN_RUN_MAIN:
+        run()
+    else:
+        run_main(run)
+
+
+def _pretrain(datasets_provider, model_provider, forward_step, args, process_non_loss_data_func,
+              non_loss_data_func) -> None:
     model, optimizer, scheduler = setup_model_and_optimizer(model_provider, args)
     train_ds, valid_ds, test_ds = datasets_provider(num_samples_per_split(args))
+    has_train, has_valid = agree_data(train_ds, valid_ds)
+    if not has_train and args.train_iters > args.iteration:
+        raise ConfigError("the training split is empty: check --data-path and --split")
+    args.do_valid = bool(args.eval_iters) and has_valid
     consumed = args.iteration * args.global_batch_size
     train_iter = build_data_iterator(train_ds, consumed, args)
     valid_iter = build_data_iterator(valid_ds, 0, args, cyclic=True)
-    if train_iter is None and args.train_iters > args.iteration:
-        raise ConfigError("the training split is empty: check --data-path and --split")
     logger = TrainingLogger(args)
+
+    after_eval = None
+    if process_non_loss_data_func is not None or non_loss_data_func is not None:
+        def after_eval(iteration, data_iterator):
+            data = non_loss_data(forward_step, data_iterator, model, args, collect=non_loss_data_func)
+            if process_non_loss_data_func is not None and logger.writer is not None:
+                process_non_loss_data_func(data, iteration, logger.writer)
+
     try:
         iteration = (args.iteration if getattr(args, "skip_train", False)  # upstream: evaluate only
-                     else train(forward_step, model, optimizer, scheduler, train_iter, valid_iter, args, logger=logger))
+                     else train(forward_step, model, optimizer, scheduler, train_iter, valid_iter, args, logger=logger,
+                                after_eval=after_eval))
         if args.save and iteration > args.iteration and (not args.save_interval or iteration % args.save_interval):
             save(iteration, model, optimizer, scheduler, args)
-        if (args.eval_iters and valid_ds is not None and len(valid_ds)
-                and not getattr(args, "exit_signal_received", False)):
-            logger.log_eval(iteration, evaluate(
-                forward_step, build_data_iterator(valid_ds, 0, args, cyclic=True), model, args.eval_iters, args),
-                end_of_training=True)
+        if args.do_valid and not getattr(args, "exit_signal_received", False):
+            final_iter = build_data_iterator(valid_ds, 0, args, cyclic=True)
+            logger.log_eval(iteration, evaluate(forward_step, final_iter, model, args.eval_iters, args),
+                            end_of_training=True)
+            if after_eval is not None:
+                after_eval(iteration, final_iter)
     finally:
         logger.close()
