@@ -7,11 +7,14 @@
 # per core roughly halves the wall time; PYTEST_WORKERS=0 runs them in this process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! python -c "import torch" 2>/dev/null; then
-  # CPU build from local disk; a bare `torch` requirement would pull a multi-GB CUDA build.
-  if command -v nvidia-smi >/dev/null 2>&1; then python -m pip install -q torch; else python -m pip install -q torch==2.13.0; fi
+# DSLM_SKIP_INSTALL=1: use `python` as it is (scripts/check_engine_versions.sh sets it for the environments it built).
+if [ "${DSLM_SKIP_INSTALL:-0}" != "1" ]; then
+  if ! python -c "import torch" 2>/dev/null; then
+    # CPU build from local disk; a bare `torch` requirement would pull a multi-GB CUDA build.
+    if command -v nvidia-smi >/dev/null 2>&1; then python -m pip install -q torch; else python -m pip install -q torch==2.13.0; fi
+  fi
+  python -m pip install -q -e ".[test]"
 fi
-python -m pip install -q -e ".[test]"
 export HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 markers=(-m "not slow")
 if [ "${CI:-}" = "true" ] || [ "${RUN_SLOW:-0}" = "1" ]; then markers=(); fi

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -99,6 +100,13 @@ def run_python(argv: list[str], timeout: float = 600, env: dict | None = None,
 # Tiny megatron-core models for the DSLM model-side tests: hand-built InitTables and small configs.
 # Tables are built by hand here (not through the scheme registry) so these tests pin the *mechanism*
 # (spec, init, hooks) independently of the schemes' formulas.
+
+
+def stderr_without_warnings(stderr: str) -> list[str]:
+    """The non-blank lines of a child's stderr less Python warnings and torch's logged ones (``W1204 12:00:00...``,
+    e.g. the CUDA build of torch on a machine without a GPU that megatron-core 0.19's import makes it log)."""
+    return [line for line in stderr.splitlines() if line.strip() and "Warning" not in line
+            and not line.startswith("  warnings.warn") and not re.match(r"W\d{4} \d\d:\d\d:\d\d", line)]
 
 
 def hand_table(num_layers: int, *, scheme: str = "hand", std: float = 0.02, out_std=None, qkv=None,

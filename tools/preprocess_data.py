@@ -2,8 +2,10 @@
 
 For each --json-keys KEY writes `{output_prefix}_{KEY}_{document|sentence}.bin/.idx`, the
 `sentence` level when --split-sentences is given (one sequence per sentence, as BERT's dataset
-expects). Lines that are not a JSON object with string values for every key are skipped,
-counted and reported with their line numbers; --strict stops at the first one. Outputs are
+expects). Lines that are not a JSON object with string values for every key, or whose text is
+not valid Unicode (a lone surrogate such as the JSON escape "\\ud800", which no tokenizer can
+encode), are skipped, counted and reported as `file:line: why` in one warning at the end;
+--strict stops at the first one with one `error: file:line: why` line. Outputs are
 written under temporary names and renamed only when everything succeeded, so a failure never
 leaves a half-written dataset behind.
 
@@ -108,6 +110,9 @@ def _encode_line(item):
         if not isinstance(text, str):
             why = "missing" if key not in obj else f"a {type(text).__name__}, not a string"
             return lineno, len(raw), None, f"key {key!r} is {why}"
+        surrogate = _lone_surrogate(text)
+        if surrogate:
+            return lineno, len(raw), None, f"key {key!r} holds a lone surrogate {surrogate} (not valid Unicode)"
         try:
             pieces = split(text) if split is not None else [text]
             sentences = [ids for ids in (tok.tokenize(s) for s in pieces) if ids]
@@ -119,6 +124,15 @@ def _encode_line(item):
         flat = numpy.fromiter((i for ids in sentences for i in ids), dtype=_worker["dtype"])
         out[key] = (flat, [len(ids) for ids in sentences])
     return lineno, len(raw), out, None
+
+
+def _lone_surrogate(text):
+    """'U+D800 at character 4' for the first unpaired surrogate in `text` (JSON allows "\\ud800"), else None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"U+{ord(text[exc.start]):04X} at character {exc.start}"
+    return None
 
 
 def _numbered_lines(path, first, last):
@@ -223,7 +237,7 @@ def run(args):
             part_prefixes.append(prefixes)
         if stats.docs == 0:
             raise PreprocessError(f"{args.input}: no valid documents ({len(stats.bad)} malformed, "
-                                  f"{stats.empty} empty lines)" + _bad_summary(stats))
+                                  f"{stats.empty} empty lines)" + _bad_summary(stats, args.input))
         for k in args.json_keys:
             merged = f"{finals[k]}{tmp_tag}"
             if len(part_prefixes) == 1:
@@ -255,14 +269,14 @@ def run(args):
           f"{len(stats.bad)} malformed and {stats.empty} empty lines skipped", file=sys.stderr)
     if stats.bad:
         print(f"warning: {len(stats.bad)} malformed line(s) skipped in {args.input}:"
-              + _bad_summary(stats), file=sys.stderr)
+              + _bad_summary(stats, args.input), file=sys.stderr)
     for k in args.json_keys:
         print(f"Wrote {finals[k]}.bin / .idx")
     return stats
 
 
-def _bad_summary(stats):
-    lines = [f"\n  line {n}: {why}" for n, why in stats.bad[:MAX_REPORTED_BAD_LINES]]
+def _bad_summary(stats, path):
+    lines = [f"\n  {path}:{n}: {why}" for n, why in stats.bad[:MAX_REPORTED_BAD_LINES]]
     if len(stats.bad) > MAX_REPORTED_BAD_LINES:
         lines.append(f"\n  ... and {len(stats.bad) - MAX_REPORTED_BAD_LINES} more")
     return "".join(lines)

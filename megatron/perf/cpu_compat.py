@@ -1,8 +1,8 @@
 """CPU compatibility for megatron-core (gloo backend): the only place this project patches torch or megatron.
 
 Flag: ``--cpu`` (or ``MEGATRON_FORCE_CPU=1``), or automatically when no CUDA device is available. Replaces:
-megatron-core 0.16's CUDA touch points -- it allocates on ``torch.cuda.current_device()``, seeds and forks CUDA
-RNG states, synchronises CUDA streams, and asserts ``torch.cuda.*Tensor`` type names in the optimizer.
+megatron-core's CUDA touch points (0.16 and 0.19) -- it allocates on ``torch.cuda.current_device()``, seeds and
+forks CUDA RNG states, synchronises CUDA streams, and asserts ``torch.cuda.*Tensor`` type names in the optimizer.
 Exactness: bitwise (only device placement and type names change). Applies in CPU mode only: with CUDA present
 and no ``--cpu``, :func:`enable_cpu_mode` is never called and nothing is patched (NCCL, bf16 and fused kernels
 take their normal paths). Not a speed path, but listed in ``megatron.perf.SPEED_PATHS`` because it is
@@ -34,6 +34,9 @@ Patch by patch (each was shown necessary; see docs/cpu_mode.md):
    grads (each TP rank saw only its sequence slice) over the TP group. Exact: the norm is per token. torch
    2.13's gloo has every collective the sequence-parallel and DDP paths call (``all_gather_into_tensor``,
    ``reduce_scatter_tensor`` with SUM and AVG, ``_coalescing_manager``), so nothing else is patched for them.
+6. ``torch.cuda.current_stream`` -> a stream stand-in whose waits and syncs do nothing: megatron-core 0.19's DDP
+   grad-sync asks for the current stream on every bucket (to wait on CUDA-graph events that never exist here);
+   0.16 does not call it on the CPU path. CPU ops run in program order, so there is nothing to wait for.
 
 Consequence worth knowing: the CPU and "CUDA" RNG streams are one generator, so dropout masks differ from a
 GPU run with the same seed (losses are still identical across TP/PP layouts on CPU).
@@ -98,8 +101,20 @@ def _make_type(original):
     return tensor_type
 
 
+class _HostStream:
+    """What ``torch.cuda.current_stream()`` answers in CPU mode: every wait, record and sync is a no-op."""
+
+    def wait_event(self, *_a, **_k):
+        return None
+
+    wait_stream = synchronize = record_event = wait_event
+
+    def query(self) -> bool:
+        return True
+
+
 def enable_cpu_mode() -> None:
-    """Apply patches 1-5 (idempotent). Call before building any megatron-core object."""
+    """Apply patches 1-6 (idempotent). Call before building any megatron-core object."""
     global _ENABLED
     if _ENABLED:
         return
@@ -129,6 +144,8 @@ def enable_cpu_mode() -> None:
     torch.Tensor.cuda = lambda self, *a, **k: self  # 4b
     torch.Tensor.type = _make_type(torch.Tensor.type)  # 4c
     _allow_sequence_parallel_torch_norm()  # 5
+    host_stream = _HostStream()
+    torch.cuda.current_stream = lambda *a, **k: host_stream  # 6
     _ENABLED = True
 
 

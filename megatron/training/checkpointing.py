@@ -1,8 +1,13 @@
 """Checkpoints with megatron.core.dist_checkpointing: model, optimizer, scheduler, RNG, iteration and args.
 
 Layout: ``<save>/iter_0000010/`` (a dist_checkpointing directory) and ``<save>/latest_checkpointed_iteration.txt``.
-A checkpoint is written to ``iter_XXXXXXX.tmp`` and only renamed into place once every rank finished, and the
-tracker file is replaced atomically after that: a crash mid-save leaves the previous checkpoint as "latest".
+A checkpoint is written to ``iter_XXXXXXX.tmp``; once every rank finished, its files are synced to disk and
+listed with their checksums in ``checksums.json`` (:mod:`megatron.training.checkpoint_checksums`), the folder is
+synced and renamed into place, and only then is the tracker replaced (write, sync, rename, sync: see
+:mod:`megatron.training.durable`): a crash or power loss mid-save leaves the previous checkpoint as "latest".
+``--load`` verifies the checkpoint the tracker names before reading it; a damaged one is one error line, or with
+``--ckpt-fallback-to-verified`` the newest older checkpoint that verifies is loaded instead.
+``--save-keep-last N`` removes older checkpoints after each save (:mod:`megatron.training.checkpoint_retention`).
 Because the state is sharded by global tensor keys, a checkpoint saved at one TP/PP/VP layout loads at another
 (RNG state is restored only when the layout is the same). Distributed-optimizer state is stored per DP bucket
 (megatron-core's ``dp_reshardable``): it loads at another DP size, but only at the saved TP/PP layout.
@@ -12,12 +17,22 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
+import sys
+from typing import List
 
 import numpy as np
 import torch
 
+from megatron.training import checkpoint_checksums, durable
+from megatron.training.validate import ConfigError
+
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
+_ITER_DIR = re.compile(r"iter_(\d{7})")
+# What a torch_dist checkpoint cannot load without (checked when it has no checksums.json to say so).
+from megatron.training.engine_compat import CHECKPOINT_REQUIRED_FILES as _REQUIRED_FILES  # noqa: E402
+FALLBACK_FLAG = "--ckpt-fallback-to-verified"
 CHECKPOINT_VERSION = 1
 # The default distributed-optimizer format is rejected on load by megatron-core 0.16; this one round-trips.
 _OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
@@ -27,6 +42,10 @@ def checkpoint_dir(root: str, iteration: int) -> str:
     return os.path.join(root, f"iter_{iteration:07d}")
 
 
+class DamagedCheckpoint(ConfigError):
+    """The checkpoint ``--load`` would read is incomplete or its files differ from their checksums."""
+
+
 def read_tracker(root: str):
     """The last fully written iteration under ``root`` or None."""
     path = os.path.join(root, TRACKER_FILE)
@@ -34,8 +53,16 @@ def read_tracker(root: str):
         return None
     text = open(path).read().strip()
     if not text.isdigit():
-        raise RuntimeError(f"{path} is corrupt (expected an iteration number, found {text!r})")
+        raise DamagedCheckpoint(f"{path} is corrupt (expected an iteration number, found {text!r})")
     return int(text)
+
+
+def published_iterations(root: str) -> List[int]:
+    """Iterations of the checkpoint folders under ``root`` (not those still being written), ascending."""
+    if not os.path.isdir(root):
+        return []
+    found = (_ITER_DIR.fullmatch(name) for name in os.listdir(root))
+    return sorted(int(m.group(1)) for m in found if m and os.path.isdir(os.path.join(root, m.group(0))))
 
 
 def unwrap_model(chunk):
@@ -152,19 +179,31 @@ def save_checkpoint(iteration: int, model_chunks, optimizer, scheduler, save_dir
         state["extra"] = extra_state
     dist_checkpointing.save(state, tmp, content_metadata=_OPTIMIZER_METADATA)
     _barrier()
+    checkpoint_checksums.seal(tmp)  # every rank syncs and hashes its share; rank 0 writes checksums.json
 
     if _rank() == 0:
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        tracker_tmp = os.path.join(save_dir, TRACKER_FILE + ".tmp")
-        with open(tracker_tmp, "w") as f:
-            f.write(str(iteration))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tracker_tmp, os.path.join(save_dir, TRACKER_FILE))
+        _publish(tmp, final, save_dir, iteration)
+        keep_last = getattr(args, "save_keep_last", None)
+        if keep_last:
+            _remove_old_checkpoints(save_dir, iteration, keep_last)
     _barrier()
     return final
+
+
+def _publish(tmp: str, final: str, save_dir: str, iteration: int) -> None:
+    """Rename the sealed ``tmp`` folder to ``final``, then point the tracker at it, each step on disk first."""
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    durable.replace(tmp, final)
+    durable.write_text(os.path.join(save_dir, TRACKER_FILE), str(iteration))
+
+
+def _remove_old_checkpoints(save_dir: str, iteration: int, keep_last: int) -> None:
+    from megatron.training import checkpoint_retention
+
+    for old in checkpoint_retention.to_remove(published_iterations(save_dir), iteration, keep_last):
+        shutil.rmtree(checkpoint_dir(save_dir, old), ignore_errors=True)
+        print(f"> removed {checkpoint_dir(save_dir, old)} (--save-keep-last {keep_last})", flush=True)
 
 
 def _inner_optimizers(optimizer):
@@ -181,17 +220,14 @@ def load_checkpoint(model_chunks, optimizer, scheduler, load_dir: str, *, load_o
     """
     from megatron.training import resume_checks
     from megatron.core import dist_checkpointing
-    from megatron.core.dist_checkpointing.mapping import ShardedObject  # noqa: F401  (documented type)
 
     iteration = read_tracker(load_dir)
     if iteration is None:
         if finetune:
             raise FileNotFoundError(f"no checkpoint found under {load_dir} ({TRACKER_FILE} missing)")
         return 0, {}
-    ckpt = checkpoint_dir(load_dir, iteration)
-    if not os.path.isdir(ckpt):
-        raise FileNotFoundError(f"{load_dir}/{TRACKER_FILE} names iteration {iteration} but {ckpt} is missing")
-    common = dist_checkpointing.load_common_state_dict(ckpt)
+    ckpt, common = verified_checkpoint(load_dir, iteration,
+                                       fallback=bool(getattr(args, "ckpt_fallback_to_verified", False)))
     if args is not None:
         resume_checks.check_model_shape(common.get("args") or {}, args, ckpt)
         if scheduler is not None and not finetune and "opt_param_scheduler" in common:
@@ -240,6 +276,71 @@ def load_checkpoint(model_chunks, optimizer, scheduler, load_dir: str, *, load_o
     if want_rng:
         _set_rng_state(loaded["rng_state"])
     return int(common["iteration"]), common.get("extra", {})
+
+
+def _say(line: str) -> None:
+    """One note or warning line on stderr, from rank 0."""
+    if _rank() == 0:
+        print(line, file=sys.stderr, flush=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0] if text else ''}"
+
+
+def checkpoint_problem(ckpt: str):
+    """(None, common state dict) if ``ckpt`` can be loaded, else (what is wrong, None): the folder or a file
+    the format needs is missing, a file differs from ``checksums.json``, or ``common.pt`` does not unpickle.
+    Collective under torch.distributed: call on every rank."""
+    from megatron.core import dist_checkpointing
+
+    if not os.path.isdir(ckpt):
+        return "the folder is missing", None
+    if checkpoint_checksums.has_manifest(ckpt):
+        problem = checkpoint_checksums.verify(ckpt)
+        if problem:
+            return problem, None
+    missing = [name for name in _REQUIRED_FILES if not os.path.isfile(os.path.join(ckpt, name))]
+    if missing:
+        return f"{missing[0]}: missing", None
+    try:
+        return None, dist_checkpointing.load_common_state_dict(ckpt)
+    except Exception as exc:  # a damaged pickle raises anything from EOFError to UnpicklingError to KeyError
+        return f"common.pt: unreadable ({_first_line(exc)})", None
+
+
+def verified_checkpoint(load_dir: str, iteration: int, fallback: bool = False):
+    """(checkpoint folder, its common state dict) for the checkpoint of ``iteration`` under ``load_dir``.
+
+    A checkpoint without ``checksums.json`` (saved before checkpoints carried one) loads with a note. A damaged one
+    raises :class:`DamagedCheckpoint` naming the checkpoint and the file; with ``fallback`` the newest older
+    checkpoint that has checksums and verifies is returned instead, with a warning line."""
+    ckpt = checkpoint_dir(load_dir, iteration)
+    problem, common = checkpoint_problem(ckpt)
+    if problem is None:
+        if not checkpoint_checksums.has_manifest(ckpt):
+            _say(f"note: --load {load_dir}: {ckpt} has no {checkpoint_checksums.MANIFEST} (saved before "
+                 "checkpoints carried checksums): loading it unverified")
+        return ckpt, common
+    damaged = f"--load {load_dir}: checkpoint {ckpt} is damaged: {problem}"
+    if not fallback:
+        raise DamagedCheckpoint(f"{damaged}; pass {FALLBACK_FLAG} to load the newest older checkpoint that "
+                                "verifies")
+    rejected = []
+    for older in reversed([i for i in published_iterations(load_dir) if i < iteration]):
+        path = checkpoint_dir(load_dir, older)
+        if not checkpoint_checksums.has_manifest(path):
+            rejected.append(f"{os.path.basename(path)}: no {checkpoint_checksums.MANIFEST}")
+            continue
+        why, common = checkpoint_problem(path)
+        if why is None:
+            _say(f"warning: --load {load_dir}: checkpoint {ckpt} is damaged ({problem}); loading {path}, the newest "
+                 f"older checkpoint that verifies ({FALLBACK_FLAG})")
+            return path, common
+        rejected.append(f"{os.path.basename(path)}: {why}")
+    raise DamagedCheckpoint(f"{damaged}; {FALLBACK_FLAG}: no older checkpoint verifies"
+                            + (f" ({'; '.join(rejected)})" if rejected else " (there is none)"))
 
 
 def _group_lrs(optimizer) -> list:

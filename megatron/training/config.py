@@ -220,6 +220,14 @@ class LoggingFlags:
     no_load_optim: bool = _f(False, "Do not restore optimizer state.")
     no_load_rng: bool = _f(False, "Do not restore RNG state.")
     finetune: bool = _f(False, "Load model weights only and start at iteration 0.")
+    save_keep_last: Optional[int] = _f(None, "Keep only the N newest checkpoints under --save: after each save the "
+                                       "older ones are removed (never the one the tracker names, one still being "
+                                       "written, or ones newer than the tracker). Default: keep every checkpoint.")
+    ckpt_fallback_to_verified: bool = _f(False, "When the checkpoint the tracker names under --load is damaged (a "
+                                         "file differs from its checksums.json or is missing, .metadata is missing, "
+                                         "common.pt does not load), load the newest older checkpoint that verifies, "
+                                         "with a warning line. Without it, a damaged checkpoint stops the run with "
+                                         "one error line, exit 2.")
     eval_interval: int = _f(1000, "Evaluate on the validation split every N iterations.")
     eval_iters: int = _f(100, "Validation micro-batches per evaluation (0 = no evaluation); upstream's "
                          "default 100.")

@@ -1,8 +1,8 @@
 """Building megatron-core datasets from flags, with the checks megatron-core lacks.
 
 megatron-core's GPTDataset loops forever when a split receives 0 documents but is asked for >0 samples (a
-tiny corpus with ``--split 949,50,1``), and a corrupt ``.idx`` surfaces deep inside training. Both are caught
-here first with one clear message.
+tiny corpus with ``--split 949,50,1``), and a truncated or overwritten ``.bin``/``.idx`` surfaces as an assertion
+in megatron-core's reader or deep inside training. Both are caught here first with one message naming the file.
 """
 
 from __future__ import annotations
@@ -33,16 +33,22 @@ def split_document_counts(num_documents: int, split: str) -> List[int]:
     return [bounds[i + 1] - bounds[i] for i in range(3)]
 
 
+def checked_dataset(prefix: str, vocab_size: Optional[int] = None) -> dict:
+    """:func:`~megatron.training.indexed_data.validate_indexed_dataset`, its error a ConfigError (one line naming
+    the file): call before anything opens ``prefix`` with megatron-core, whose reader asserts or reads garbage."""
+    from megatron.training.indexed_data import IndexedDataError, validate_indexed_dataset
+
+    try:
+        return validate_indexed_dataset(prefix, vocab_size=vocab_size)
+    except IndexedDataError as err:
+        raise ConfigError(str(err)) from err
+
+
 def check_data_and_split(data_path: Sequence[str], split: str, num_samples: Sequence[int],
                          vocab_size: Optional[int] = None) -> None:
     """Open every prefix (validating .idx/.bin) and reject splits that get no documents but need samples."""
-    from megatron.training.indexed_data import IndexedDataError, validate_indexed_dataset
-
     for prefix in data_prefixes(data_path):
-        try:
-            info = validate_indexed_dataset(prefix, vocab_size=vocab_size)
-        except IndexedDataError as err:
-            raise ConfigError(str(err)) from err
+        info = checked_dataset(prefix, vocab_size=vocab_size)
         counts = split_document_counts(info["documents"], split)
         for name, docs, samples in zip(SPLIT_NAMES, counts, num_samples):
             if samples and docs == 0:

@@ -83,11 +83,15 @@ def validate_indexed_dataset(prefix: str, vocab_size: Optional[int] = None,
             f"{bin_path}: {bin_size} bytes, but {idx_path} describes {tokens} tokens of "
             f"{itemsize} bytes ({tokens * itemsize}); .bin and .idx do not belong together")
     if vocab_size is not None and tokens:
-        top = int(numpy.memmap(bin_path, mode="r", dtype=dtype)[:max_scanned_tokens].max())
+        scanned = numpy.memmap(bin_path, mode="r", dtype=dtype)[:max_scanned_tokens]
+        top, low = int(scanned.max()), int(scanned.min())
+        if low < 0:  # signed token dtypes (vocabularies over 65500): garbage bytes read as negative ids
+            raise IndexedDataError(f"{bin_path}: negative token id {low}; the file is corrupt")
         if top >= vocab_size:
             raise IndexedDataError(
                 f"{bin_path}: token id {top} >= vocabulary size {vocab_size}; the data was "
-                "preprocessed with a different tokenizer than the one configured")
+                "preprocessed with a different tokenizer than the one configured (or the file is corrupt)")
+        del scanned
     del raw
     return {"sequences": int(n_seq), "documents": int(n_doc) - 1, "tokens": tokens,
             "dtype": numpy.dtype(dtype).name}

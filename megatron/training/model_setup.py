@@ -223,7 +223,9 @@ def resolve_embedding_corr(args, max_sequences: int = 2000) -> str:
     prefixes = data_prefixes(args.data_path)
     if prefixes:
         from megatron.dslm.mcore.data import indexed_dataset_windows
+        from megatron.training.datasets import checked_dataset
 
+        checked_dataset(prefixes[0], vocab_size=getattr(args, "padded_vocab_size", None))  # before megatron-core
         windows = list(indexed_dataset_windows(prefixes[0], args.seq_length, max_sequences))
         args.embedding_corr = estimate_embedding_corr(windows, tables).embedding_corr
         return f"measured on {len(windows)} windows of {prefixes[0]}"

@@ -364,6 +364,7 @@ DEPRECATED: Tuple[Tuple[str, bool, str], ...] = (
     ("--use-dist-ckpt", False, "checkpoints are megatron-core distributed checkpoints (--ckpt-format torch_dist)"),
     ("--dist-ckpt-format", True, "see --ckpt-format (torch_dist)"),
     ("--ckpt-fully-parallel-save", False, "upstream's default already; megatron-core decides the save strategy"),
+    ("--verify-integrity", False, "every checkpoint carries checksums.json (SHA-256 per file), verified at --load"),
 )
 
 # Upstream flags that only rename another: refused, naming the replacement (upstream refuses them too).

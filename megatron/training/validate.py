@@ -104,7 +104,23 @@ def validate_args(args, world_size: int) -> None:
         _require(args.save_interval > 0, "--save-interval must be positive")
     if args.load is not None and os.path.exists(args.load) and not os.path.isdir(args.load):
         raise ConfigError(f"--load {args.load} is not a directory")
+    validate_checkpoint_policy(args)
     validate_upstream_values(args)
+
+
+def validate_checkpoint_policy(args) -> None:
+    """--save-keep-last and --ckpt-fallback-to-verified: each needs its folder, and together they must leave an
+    older checkpoint to fall back to."""
+    keep = getattr(args, "save_keep_last", None)
+    if keep is not None:
+        _require(args.save is not None, "--save-keep-last needs --save")
+        _require(keep >= 1, f"--save-keep-last must be >= 1 (got {keep})")
+    if getattr(args, "ckpt_fallback_to_verified", False):
+        _require(args.load is not None, "--ckpt-fallback-to-verified needs --load")
+        same = args.save is not None and os.path.abspath(args.save) == os.path.abspath(args.load)
+        _require(not (same and keep == 1),
+                 "--ckpt-fallback-to-verified with --save-keep-last 1 on the folder it loads from: every older "
+                 "checkpoint is removed after each save, so there is never one to fall back to; keep 2 or more")
 
 
 def check_method_flags(args) -> None:

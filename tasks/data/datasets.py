@@ -21,9 +21,19 @@ def _ids(tokenizer, text: Optional[Text]) -> List[int]:
 
 
 def _truncate_longest_first(a: List[int], b: List[int], budget: int) -> None:
-    """Drop tokens from the end of the longer sequence until both fit (as BERT's GLUE code)."""
-    while len(a) + len(b) > budget:
-        (a if len(a) >= len(b) else b).pop()
+    """Cut the ends so both fit, the longer first: the shorter keeps min(its length, budget // 2), the longer the
+    rest, so the one that was longer (``b`` on a tie) keeps the odd token — transformers' (fast tokenizers')
+    ``truncation="longest_first"``, so a pair is encoded here as a transformers model was finetuned on it."""
+    if len(a) + len(b) <= budget:
+        return
+    if len(a) > len(b):
+        keep_b = min(len(b), budget // 2)
+        keep_a = budget - keep_b
+    else:
+        keep_a = min(len(a), budget // 2)
+        keep_b = budget - keep_a
+    del a[keep_a:]
+    del b[keep_b:]
 
 
 def encode_pair(tokenizer, a: Text, b: Optional[Text], seq_length: int

@@ -128,8 +128,8 @@ def test_malformed_lines_are_counted_and_reported(preprocess, gpt2_files, tmp_pa
     err = capsys.readouterr().err
     assert "4 malformed" in err
     for lineno in (2, 4, 5, 7):
-        assert f"line {lineno}:" in err
-    assert "line 1:" not in err and "line 6:" not in err
+        assert f"bad.jsonl:{lineno}:" in err
+    assert "bad.jsonl:1:" not in err and "bad.jsonl:6:" not in err
     assert len(open_indexed_dataset(str(prefix) + "_text_document").document_indices) - 1 == 3
 
 
@@ -160,7 +160,7 @@ def test_untokenizable_text_is_a_malformed_line(preprocess, tmp_path, capsys):
     inp.write_text('{"text": "1 2 3"}\n{"text": "one two"}\n{"text": "4 5"}\n')
     assert preprocess.main(["--input", str(inp), "--output-prefix", str(tmp_path / "n"),
                             "--tokenizer-type", "NullTokenizer", "--vocab-size", "10"]) == 0
-    assert "line 2: key 'text' could not be tokenized" in capsys.readouterr().err
+    assert "ids.jsonl:2: key 'text' could not be tokenized" in capsys.readouterr().err
     ds = open_indexed_dataset(str(tmp_path / "n_text_document"), vocab_size=11)
     assert [d[0] for d in _docs(ds)] == [[1, 2, 3], [4, 5]]
 

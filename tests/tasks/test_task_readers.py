@@ -156,6 +156,28 @@ def test_encode_pair_truncates_longest_first():
     assert ids.tolist() == [1, 10, 11, 12, 2, 30, 31, 32, 2]
 
 
+def test_pair_truncation_is_transformers_longest_first():
+    """Real QQP stand-in pairs cut at several lengths: the same tokens as transformers' BertTokenizerFast with
+    truncation="longest_first" (ties and off-by-one splits included)."""
+    from transformers import BertTokenizerFast
+
+    root = require_shared_data("finetune")
+    vocab = require_shared_data("vocab", "bert-base-uncased-vocab.txt")
+    peer = BertTokenizerFast(str(vocab), do_lower_case=True)
+    from megatron.training.tokenizers.text import BertWordPieceTokenizer
+
+    ours = BertWordPieceTokenizer(str(vocab), lower_case=True)
+    examples = read_qqp(root / "QQP" / "train.tsv").examples[:400]
+    cut = 0
+    for seq in (24, 33, 64):
+        for e in examples:
+            ids, _, mask = encode_pair(ours, e.text_a, e.text_b, seq)
+            ref = peer(e.text_a, e.text_b, truncation="longest_first", max_length=seq)["input_ids"]
+            assert ids[: int(mask.sum())].tolist() == ref, (seq, e.text_a, e.text_b)
+            cut += len(ref) == seq
+    assert cut > 300  # most pairs were truncated at the short lengths
+
+
 def test_datasets_shapes(mnli_file, race_dir):
     tok = _CharTokenizer()
     cls = ClassificationDataset(read_mnli(mnli_file).examples, tok, 16)

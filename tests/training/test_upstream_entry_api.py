@@ -14,7 +14,7 @@ import math
 
 import pytest
 
-from tests.support import REPO_ROOT, run_python, run_torchrun
+from tests.support import REPO_ROOT, run_python, run_torchrun, stderr_without_warnings
 from tests.training.gpt_cases import NO_DROPOUT, TINY_GPT, assert_ok, metric_records
 
 ENTRY = '''"""GPT pretraining in the style of upstream Megatron-LM's pretrain_gpt.py (a test's custom entry script)."""
@@ -234,8 +234,7 @@ def test_a_bad_model_type_is_one_line_and_exit_2(mode, message, tmp_path):
     script = tmp_path / "bad.py"
     script.write_text(BAD_CALLS)
     proc = run_python([str(script), mode], timeout=300)
-    lines = [line for line in proc.stderr.splitlines() if line.strip() and "Warning" not in line
-             and not line.startswith("  warnings.warn")]
+    lines = stderr_without_warnings(proc.stderr)
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), proc.stderr[-2000:]
 
 

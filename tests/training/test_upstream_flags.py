@@ -10,7 +10,7 @@ import pytest
 
 from megatron.training.config import build_parser
 from megatron.training.upstream_flags import DEPRECATED, UPSTREAM_FLAGS, refused_flags
-from tests.support import REPO_ROOT, run_python, run_torchrun
+from tests.support import REPO_ROOT, run_python, run_torchrun, stderr_without_warnings
 from tests.training.gpt_cases import assert_ok, losses
 
 TINY = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "16",
@@ -121,8 +121,7 @@ def test_bad_values_are_refused_at_start_up(argv, message):
 def test_a_bad_value_is_one_line_and_exit_2():
     out = run_python(["pretrain_gpt.py", *TINY, "--train-iters", "8", "--ckpt-format", "torch"])
     assert out.returncode == 2
-    lines = [line for line in out.stderr.splitlines() if line.strip() and "Warning" not in line
-             and not line.startswith("  warnings.warn")]
+    lines = stderr_without_warnings(out.stderr)
     assert lines == [l for l in lines if l.startswith("error: --ckpt-format torch is not supported")], out.stderr
 
 
