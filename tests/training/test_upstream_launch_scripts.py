@@ -2,8 +2,9 @@
 model or data; dummy paths): every flag is honoured or refused at start-up in one line that names it and says why
 (exit 2), and with the refused flags taken out the script's configuration validates (exit 0).
 
-Lists written from upstream's ``examples/llama/train_llama3_8b_h100_fp8.sh`` (mock-data branch) and
-``examples/bert/train_bert_340m_distributed.sh``, values as there.
+Lists written from upstream's ``examples/llama/train_llama3_8b_h100_fp8.sh`` (mock-data branch),
+``examples/gpt3/train_gpt3_175b_distributed.sh`` and ``examples/bert/train_bert_340m_distributed.sh``, values as
+there.
 """
 
 from __future__ import annotations
@@ -37,6 +38,20 @@ LLAMA3_8B_FP8 = [
     "--log-throughput", "--profile", "--profile-step-start", "4", "--profile-step-end", "6",
     "--ckpt-format", "torch_dist", "--distributed-timeout-minutes", "60", "--save", "CKPT", "--load", "CKPT",
     "--tensorboard-dir", "TB",
+]
+
+GPT3_175B = [
+    "--num-layers", "96", "--hidden-size", "12288", "--num-attention-heads", "96", "--seq-length", "2048",
+    "--max-position-embeddings", "2048", "--attention-backend", "auto",
+    "--micro-batch-size", "1", "--global-batch-size", "1536", "--rampup-batch-size", "16", "16", "5859375",
+    "--train-iters", "500000", "--weight-decay", "0.1", "--adam-beta1", "0.9", "--adam-beta2", "0.95",
+    "--init-method-std", "0.006", "--clip-grad", "1.0", "--fp16", "--lr", "6.0e-5", "--lr-decay-style", "cosine",
+    "--min-lr", "6.0e-6", "--lr-warmup-fraction", ".001", "--lr-decay-iters", "430000",
+    "--tensor-model-parallel-size", "8", "--pipeline-model-parallel-size", "16",
+    "--data-path", "DATA_text_document", "--vocab-file", "VOCAB/gpt2-vocab.json", "--merge-file",
+    "VOCAB/gpt2-merges.txt", "--split", "949,50,1",
+    "--log-interval", "100", "--save-interval", "10000", "--eval-interval", "1000", "--save", "CKPT", "--load", "CKPT",
+    "--eval-iters", "10", "--tensorboard-dir", "TB",
 ]
 
 BERT_340M = [
@@ -119,3 +134,11 @@ def test_bert_340m_script_fails_where_upstream_fails_and_validates_at_a_valid_la
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "world size 32 = TP 8 x PP 4 x DP 1" in ok.stdout and "BERT 24 layers, hidden 1024, 16 heads" in ok.stdout
     assert "6 layers per model chunk" in ok.stdout
+
+
+def test_gpt3_175b_script_refuses_only_the_batch_rampup(tmp_path):
+    ok, refusals = _strip_refusals("pretrain_gpt.py", GPT3_175B, 8 * 16, tmp_path)
+    assert refusals == [{"--rampup-batch-size"}]
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "world size 128 = TP 8 x PP 16 x DP 1" in ok.stdout
+    assert "GPT 96 layers, hidden 12288, 96 heads" in ok.stdout and "6 layers per model chunk" in ok.stdout
