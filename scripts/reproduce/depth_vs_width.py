@@ -8,7 +8,8 @@ The paper's claim: with DSLM, deeper-narrower models beat shallow-wide ones of t
   held-out Wikipedia documents that neither the tokenizer nor the model ever see (scored at the end);
 * GPT shapes 4×128, 16×64, 64×32 (786,432 non-embedding parameters each), sequence length 128;
 * schemes DSLM Pre-LN, DSLM Post-LN, megatron Pre-LN (the standard baseline) and DeepNet Post-LN;
-* phase ``grid``: for every (shape, scheme) short runs of equal token budget at each learning rate of the grid;
+* phase ``grid``: for every (shape, scheme) short runs of equal token budget at each learning rate of the grid,
+  extended outward along ``LR_LADDER`` while the best lr is the lowest or highest tried;
   phase ``final``: the grid's best lr (lowest validation loss) for ``--final-tokens`` tokens; phase ``seeds``: a
   second seed for the best shallow and the best deep final model;
 * each final run: validation loss on the validation split, perplexity on the held-out documents
@@ -48,6 +49,9 @@ import common as C
 SHAPES = [(4, 128), (16, 64), (64, 32)]
 SCHEMES = [("dslm", False), ("dslm", True), ("megatron", False), ("deepnet", True)]
 LR_GRID = (1e-3, 3e-3, 1e-2)
+# A best lr at the edge of what was tried is no optimum: the grid then grows outward along this ladder, one value at
+# a time, until the best is inside (or the ladder ends).
+LR_LADDER = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 SEQ = 128
 MICRO_BATCH = 16
 SEEDS = (1234, 1235)
@@ -61,7 +65,7 @@ KEEP_DISABLED = False  # --tiny and --work elsewhere keep nothing in the reposit
 TINY = {"shapes": [(2, 32), (8, 16)], "schemes": [("dslm", False)], "lrs": (1e-3, 3e-3),
         "grid_tokens": 8 * 4 * 32, "final_tokens": 16 * 4 * 32, "seq": 32, "mbs": 4, "docs": 400, "vocab": 400,
         "eval_iters": 2, "evals": 2}
-FULL = {"shapes": SHAPES, "schemes": SCHEMES, "lrs": LR_GRID, "grid_tokens": 500_000,
+FULL = {"shapes": SHAPES, "schemes": SCHEMES, "lrs": LR_GRID, "extend_grid": True, "grid_tokens": 500_000,
         "final_tokens": 5_000_000, "seq": SEQ, "mbs": MICRO_BATCH, "docs": None, "vocab": 8192,
         "eval_iters": 16, "evals": 10}
 
@@ -309,6 +313,19 @@ def best_lr(rows):
     return min(ok, key=lambda r: r["val_loss"])["lr"] if ok else None
 
 
+def extension_lr(rows, ladder=LR_LADDER):
+    """The next lr for one (shape, scheme): the ladder's neighbour beyond the best when the best is the lowest or
+    the highest lr tried; None when the best is inside, nothing has finished, or the ladder ends there."""
+    best = best_lr(rows)
+    tried = sorted(r["lr"] for r in rows)
+    if best is None or len(tried) < 2 or tried[0] < best < tried[-1]:
+        return None
+    at = min(range(len(ladder)), key=lambda i: abs(math.log(ladder[i] / best)))
+    step = -1 if best == tried[0] else 1
+    nxt = at + step
+    return ladder[nxt] if 0 <= nxt < len(ladder) and ladder[nxt] not in tried else None
+
+
 def _run_many(jobs: int, tasks: list) -> list:
     """Run ``tasks`` (callables returning a row) ``jobs`` at a time (each run is its own one-thread process),
     printing each finished run with the count and an ETA."""
@@ -354,9 +371,21 @@ def sweep(work: Path, cfg: dict, data: dict, budget: C.Budget, phases, on_progre
 
     for (key, *_), row in zip(todo, _run_many(jobs, [grid_task(*t) for t in todo])):
         grid[key].append(row)
+    while cfg.get("extend_grid") and "grid" in phases:  # outward while a best lr sits at an edge
+        todo = []
+        for key, rows in grid.items():
+            lr = extension_lr(rows) if len(rows) >= len(cfg["lrs"]) else None
+            name = lr and grid_name(key[0], key[1], key[2], lr, SEEDS[0])
+            if lr and not (budget.spent() and not _finished(work, name)):
+                todo.append((key, name, *key, lr))
+        if not todo:
+            break
+        for (key, *_), row in zip(todo, _run_many(jobs, [grid_task(*t) for t in todo])):
+            grid[key].append(row)
     progress({"grid": grid, "finals": finals})
     keys = [key for key, rows in grid.items()
-            if best_lr(rows) is not None and len(rows) == len(cfg["lrs"]) and "final" in phases]
+            if best_lr(rows) is not None and len(rows) >= len(cfg["lrs"]) and "final" in phases
+            and not (cfg.get("extend_grid") and extension_lr(rows))]
     rows = _run_many(jobs, [lambda key=key: _final(work, key, best_lr(grid[key]), SEEDS[0], cfg, data, heldout,
                                                    budget) for key in keys])
     finals.update({key: [row] for key, row in zip(keys, rows)})

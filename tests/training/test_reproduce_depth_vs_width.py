@@ -89,6 +89,17 @@ def test_cpu_time_plan_is_runs_times_tokens_over_speed():
     assert hours["seeds"] == round(seeds / 3600, 2)
 
 
+def test_lr_grid_grows_outward_while_its_best_is_at_an_edge():
+    dvw = _load("depth_vs_width")
+    rows = lambda losses: [{"lr": lr, "val_loss": v} for lr, v in losses.items()]  # noqa: E731
+    assert dvw.extension_lr(rows({1e-3: 7.2, 3e-3: 6.9, 1e-2: 6.8})) == 3e-2   # best at the top: go up
+    assert dvw.extension_lr(rows({1e-3: 6.5, 3e-3: 6.6, 1e-2: 6.8})) == 3e-4   # best at the bottom: go down
+    assert dvw.extension_lr(rows({1e-3: 7.0, 3e-3: 6.6, 1e-2: 6.8})) is None   # inside: done
+    assert dvw.extension_lr(rows({1e-4: 6.1, 3e-4: 6.2, 1e-3: 6.3})) is None   # the ladder ends
+    assert dvw.extension_lr(rows({1e-3: 7.0, 3e-3: float("nan"), 1e-2: None})) == 3e-4  # diverged runs lose
+    assert dvw.extension_lr(rows({1e-3: 6.8, 3e-3: 6.7, 1e-2: 6.6, 3e-2: 6.9})) is None  # the extension bracketed it
+
+
 def test_kept_runs_resume_a_fresh_checkout_on_their_own_vocabulary(tmp_path, monkeypatch):
     """A finished run's row kept in the tracked folder is returned without training; a kept row trained on
     another vocabulary stops the sweep with one line instead of mixing two data preparations."""
