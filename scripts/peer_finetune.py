@@ -65,7 +65,7 @@ CHILD_ENV = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get(
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # this process reads the task files with tasks.data
 
-from megatron.dslm.mcore.weight_init import keyed_generator  # noqa: E402  (torch only)
+from tasks.heads import init_linear_  # noqa: E402  (torch only: no megatron-core in this process)
 from tasks.epochs import epoch_batches, validation_name  # noqa: E402  (numpy only: no megatron in this process)
 
 
@@ -270,9 +270,7 @@ def run_theirs(task, seed, cfg, folder: Path, train, valid: dict) -> dict:
         model = BertForSequenceClassification.from_pretrained(str(folder), num_labels=n_labels, **drop)
     head = model.classifier
     key = "task_head.scorer" if task == "RACE" else "task_head.classifier"
-    with torch.no_grad():  # our head's init (tasks/heads.py): keyed N(0, 0.02) weight, zero bias
-        head.weight.copy_(torch.randn(head.weight.shape, generator=keyed_generator(seed, key + ".weight")) * 0.02)
-        head.bias.zero_()
+    init_linear_(head, 0.02, seed, key)  # our head's init: the keyed N(0, 0.02) weight, zero bias
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
